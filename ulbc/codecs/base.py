@@ -1,0 +1,112 @@
+"""The one interface every ulbc method implements, image codecs now and video codecs later."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import bitstream
+from ..errors import BitstreamError, ConfigError, InputError
+
+
+def format_rate(value: float) -> str:
+    """Stable short text for a rate value: 5 -> '5', 0.5 -> '0.5', 1e-3 -> '0.001'."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
+
+
+class Codec(ABC):
+    """A compression method: image in, self-describing bitstream out, and back.
+
+    Subclasses set the class attributes and implement :meth:`encode_payload` / :meth:`decode_payload`.
+    Everything the decoder needs beyond the payload goes in the returned ``params`` bytes: decoding
+    reads the bitstream file and nothing else.
+    """
+
+    #: Name used in the config and on the command line.
+    name: ClassVar[str]
+    #: Stable one-byte id stored in every bitstream; never reuse or change one.
+    codec_id: ClassVar[int]
+    #: Name of the rate knob (quality, qp, distance, ratio, crf, lambda).
+    rate_param: ClassVar[str]
+    #: Default rate grid, 5-7 points spanning roughly 0.1-2 bpp on Kodak, lowest rate first.
+    default_rates: ClassVar[tuple[float, ...]]
+    #: Inclusive range of valid rate values.
+    rate_range: ClassVar[tuple[float, float]]
+    #: Whether the method benefits from a GPU (the workflow then requests one).
+    uses_gpu: ClassVar[bool] = False
+    #: "image" now; "video" for clip codecs.
+    media: ClassVar[str] = "image"
+    #: Smallest (width, height) the codec accepts.
+    min_size: ClassVar[tuple[int, int]] = (1, 1)
+    #: Encoder options and their defaults; a config may override them per method.
+    option_defaults: ClassVar[dict[str, Any]] = {}
+    description: ClassVar[str] = ""
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - set(self.option_defaults)
+        if unknown:
+            raise ConfigError(
+                f"codec {self.name!r}: unknown option(s) {sorted(unknown)}; known: {sorted(self.option_defaults)}"
+            )
+        self.options = {**self.option_defaults, **options}
+
+    # -- description -------------------------------------------------------------------------------
+    @classmethod
+    def availability(cls) -> str | None:
+        """``None`` when usable here, else a one-line reason (missing tool or library)."""
+        return None
+
+    def version(self) -> str:
+        """Version string of the underlying library or tool, recorded with every result row."""
+        return "unknown"
+
+    def rate_label(self, rate: float) -> str:
+        return f"{self.rate_param}{format_rate(rate)}"
+
+    def check_rate(self, rate: float) -> float:
+        lo, hi = self.rate_range
+        if not isinstance(rate, (int, float)) or math.isnan(rate) or not lo <= rate <= hi:
+            raise ConfigError(f"codec {self.name!r}: {self.rate_param}={rate!r} outside [{lo}, {hi}]")
+        return rate
+
+    # -- coding --------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_payload(self, image: np.ndarray, rate: float, *, device: str, seed: int) -> tuple[bytes, bytes]:
+        """Encode an (H, W, 3) uint8 RGB image; return ``(params, payload)``."""
+
+    @abstractmethod
+    def decode_payload(self, params: bytes, payload: bytes, width: int, height: int, *, device: str) -> np.ndarray:
+        """Decode back to an (H, W, 3) uint8 RGB array."""
+
+    def encode(self, image: np.ndarray, rate: float, *, device: str = "cpu", seed: int = 0, name: str = "<image>") -> bytes:
+        """Encode ``image`` at ``rate`` into a complete ulbc bitstream (container included)."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"{name}: expected an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
+        min_w, min_h = self.min_size
+        if width < min_w or height < min_h:
+            raise InputError(f"{name}: {width}x{height} is smaller than {self.name}'s minimum {min_w}x{min_h}")
+        params, payload = self.encode_payload(image, self.check_rate(rate), device=device, seed=seed)
+        return bitstream.Container(self.codec_id, width, height, params, payload).to_bytes()
+
+
+def decode_container(container: bitstream.Container, codec: Codec, *, device: str = "cpu", name: str = "<bitstream>") -> np.ndarray:
+    """Run ``codec``'s decoder on a parsed container and check what it returns."""
+    try:
+        image = codec.decode_payload(container.params, container.payload, container.width, container.height, device=device)
+    except BitstreamError as exc:
+        raise BitstreamError(f"{name}: {exc}") from None
+    except (ValueError, OSError, RuntimeError, EOFError, IndexError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BitstreamError(f"{name}: {codec.name} decoder failed ({first})") from None
+    expected = (container.height, container.width, 3)
+    if image.shape != expected or image.dtype != np.uint8:
+        raise BitstreamError(
+            f"{name}: {codec.name} decoded {image.dtype} {image.shape}, header says {expected}"
+        )
+    return image

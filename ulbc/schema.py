@@ -1,0 +1,45 @@
+"""The fixed schema of result rows: the contract between shard jobs and the aggregation.
+
+One row per (dataset, item, method, rate point). Metric columns are NaN when a metric is undefined
+for the item (MS-SSIM on images under 161 pixels on a side) or when ``status`` is not "ok".
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+METRIC_ROW_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string()),
+        pa.field("item", pa.string()),
+        pa.field("method", pa.string()),
+        pa.field("codec", pa.string()),
+        pa.field("rate_label", pa.string()),
+        pa.field("rate_param", pa.string()),
+        pa.field("rate_value", pa.float64()),
+        pa.field("codec_options", pa.string()),  # JSON of the encoder options used
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("bytes", pa.int64()),  # size of the bitstream file, container included
+        pa.field("payload_bytes", pa.int64()),  # the codec's own stream only
+        pa.field("bpp", pa.float64()),  # 8 * bytes / (width * height)
+        pa.field("payload_bpp", pa.float64()),
+        pa.field("mse_rgb", pa.float64()),
+        pa.field("psnr_rgb", pa.float64()),
+        pa.field("ms_ssim_rgb", pa.float64()),
+        pa.field("encode_s", pa.float64()),
+        pa.field("decode_s", pa.float64()),
+        pa.field("device", pa.string()),
+        pa.field("status", pa.string()),  # ok | encode_error | decode_error
+        pa.field("error", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("codec_version", pa.string()),
+        pa.field("ulbc_version", pa.string()),
+        pa.field("git_commit", pa.string()),
+        pa.field("config_hash", pa.string()),
+        pa.field("library_versions", pa.string()),  # JSON {package: version}
+    ]
+)
+
+METRIC_COLUMNS = ("psnr_rgb", "ms_ssim_rgb")
+TIMING_COLUMNS = ("encode_s", "decode_s")
