@@ -1,0 +1,34 @@
+# The two commands of the README: `make run` (main job on the embedded samples) and `make test`.
+# Both create .venv and install everything they need on a fresh Debian/Ubuntu machine.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+CORES ?= 2
+STUDY ?= demo
+
+.PHONY: run test install system-deps clean
+
+run: install
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --report results/$(STUDY)/report.html
+	@echo "results: results/$(STUDY)/ (metrics.parquet, bdrate.csv, rd_psnr.png, report.html)"
+
+test: install
+	$(BIN)/pytest -q
+
+install: $(VENV)/.ulbc-installed
+
+$(VENV)/.ulbc-installed: pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# ffmpeg (x265, libaom, dav1d) drives the hevc-intra and av1-intra codecs.
+system-deps:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq ffmpeg; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq ffmpeg; fi; }
+
+clean:
+	rm -rf results logs .snakemake

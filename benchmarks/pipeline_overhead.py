@@ -1,0 +1,142 @@
+"""The workflow's own cost per item, and the dry-run DAG build time at 10^4 and 10^5 items.
+
+1. 1 000 tiny images (16x16 crops of a real photo) through the whole workflow with one cheap codec
+   (jpeg, one rate point) at two shard sizes. Overhead per item = (wall time of the Snakemake run
+   - the codec's own encode + decode time from metrics.parquet) / items.
+2. `snakemake -n` on synthetic manifests of 10^4 and 10^5 items with the default five methods and
+   their full rate grids: wall time and peak RSS of the DAG build, and jobs per (method, rate point).
+
+Usage: .venv/bin/python benchmarks/pipeline_overhead.py [--items 1000] [--shard-sizes 100 1000]
+       [--dag-items 10000 100000] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def source_photo() -> np.ndarray:
+    from ulbc.imageio import load_rgb
+
+    kodak = REPO.parent / "shared" / "data" / "kodak" / "kodim23.png"
+    if kodak.is_file():
+        return load_rgb(kodak)
+    import importlib.util
+
+    return load_rgb(Path(importlib.util.find_spec("skimage").origin).parent / "data" / "astronaut.png")
+
+
+def run_snakemake(workdir: Path, config: Path, *args: str) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MB) of the child, combined output."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(config), *args],
+        capture_output=True, text=True,
+    )
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        sys.exit(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    # ru_maxrss is the max over all waited-for children so far; report it only when it grew.
+    return wall, (peak / 1024 if peak > before else float("nan")), proc.stdout + proc.stderr
+
+
+def overhead_run(root: Path, items: int, shard_size: int, cores: int) -> dict:
+    photo = source_photo()
+    images = root / "images"
+    if not images.exists():
+        images.mkdir(parents=True)
+        h, w = photo.shape[:2]
+        rng = np.random.default_rng(0)
+        for i in range(items):
+            y, x = rng.integers(0, h - 16), rng.integers(0, w - 16)
+            Image.fromarray(np.ascontiguousarray(photo[y : y + 16, x : x + 16])).save(images / f"t{i:05d}.png")
+    work = root / f"shards{shard_size}"
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "study.yaml"
+    config.write_text(yaml.safe_dump({
+        "study": "overhead", "items_per_job": shard_size,
+        "datasets": {"tiny": {"source": "local", "path": str(images)}},
+        "methods": {"jpeg": {"rates": [50]}}, "anchor": "jpeg",
+        "paths": {"results": str(work / "results"), "datasets": str(work / "resources")},
+    }))
+    wall, _, _ = run_snakemake(work, config, "--cores", str(cores), "--quiet", "all")
+    df = pq.read_table(work / "results" / "overhead" / "metrics.parquet").to_pandas()
+    codec_s = float(df["encode_s"].sum() + df["decode_s"].sum())
+    return {"items": len(df), "shard_size": shard_size, "jobs": 3 * -(-items // shard_size) + 4, "wall_s": wall,
+            "codec_s": codec_s, "overhead_ms_per_item": 1000 * (wall - codec_s) / len(df)}
+
+
+def synthetic_manifest(path: Path, n: int) -> None:
+    from ulbc import __version__
+
+    items = [f"img{i:07d}" for i in range(n)]
+    table = pa.table({
+        "item": items, "path": [f"{i}.png" for i in items],
+        "width": pa.array(np.full(n, 768), pa.int32()), "height": pa.array(np.full(n, 512), pa.int32()),
+        "mode": ["RGB"] * n, "sha256": ["0" * 64] * n,
+    }).replace_schema_metadata({"ulbc.dataset": "big", "ulbc.root": str(path.parent), "ulbc.ulbc_version": __version__})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def dag_run(root: Path, n: int) -> dict:
+    work = root / f"dag{n}"
+    results = work / "results"
+    synthetic_manifest(results / "dag" / "manifests" / "big.parquet", n)
+    (work / "images").mkdir(parents=True, exist_ok=True)
+    config = work / "study.yaml"
+    config.write_text(yaml.safe_dump({
+        "study": "dag", "datasets": {"big": {"source": "local", "path": str(work / "images")}},
+        "paths": {"results": str(results), "datasets": str(work / "resources")},
+    }))
+    wall, rss, out = run_snakemake(work, config, "-n", "--quiet", "rules")
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out, flags=re.M))
+    from ulbc.config import load_config, plan_methods
+
+    plans = plan_methods(load_config(config))
+    points = sum(len(p.rates) for p in plans.values())
+    return {"items": n, "rate_points": points, "jobs": int(counts.get("total", 0)),
+            "encode_jobs_per_point": int(counts.get("encode_shard", 0)) // points, "dry_run_s": wall, "peak_rss_mb": rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--shard-sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--dag-items", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="ulbc-overhead-"))
+    print(f"workdir {root}; {os.cpu_count()} cores; snakemake --cores {args.cores}")
+    rows = [overhead_run(root, args.items, s, args.cores) for s in args.shard_sizes]
+    print("\nWorkflow overhead (wall time minus jpeg encode+decode time), 16x16 items:")
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    dags = [dag_run(root, n) for n in args.dag_items]
+    print("\nDry-run DAG build, default 5 methods with their full rate grids, items_per_job 500:")
+    print(pd.DataFrame(dags).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Shared fixtures: small real image crops (from ../shared/data when present) or bundled samples."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ULBC_SHARED", REPO.parent / "shared"))
+KODAK = SHARED / "data" / "kodak"
+
+
+def skimage_photo(name: str = "astronaut.png") -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    return Path(spec.origin).parent / "data" / name
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """A real 96x128 RGB photo crop (Kodak if available, else scikit-image's astronaut)."""
+    from ulbc.imageio import load_rgb
+
+    src = KODAK / "kodim23.png" if (KODAK / "kodim23.png").is_file() else skimage_photo()
+    image = load_rgb(src)
+    h, w = image.shape[:2]
+    return np.ascontiguousarray(image[h // 2 - 48 : h // 2 + 48, w // 2 - 64 : w // 2 + 64])
+
+
+@pytest.fixture(scope="session")
+def photo_large() -> np.ndarray:
+    """A 192x256 crop: big enough for MS-SSIM (needs > 160 px on each side)."""
+    from ulbc.imageio import load_rgb
+
+    image = load_rgb(skimage_photo())
+    return np.ascontiguousarray(image[100:292, 100:356])
+
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")

@@ -1,0 +1,61 @@
+import zlib
+
+import pytest
+
+from ulbc import bitstream
+from ulbc.errors import BitstreamError
+
+
+def make(payload=b"payload-bytes", params=b"\x01\x02", w=768, h=512, codec_id=7):
+    return bitstream.Container(codec_id, w, h, params, payload).to_bytes()
+
+
+def test_round_trip_and_overhead():
+    data = make()
+    c = bitstream.parse(data)
+    assert (c.codec_id, c.width, c.height, c.params, c.payload) == (7, 768, 512, b"\x01\x02", b"payload-bytes")
+    # magic 2 + version 1 + codec 1 + width 2 + height 2 + params length 1 + crc 4 = 13 (+2 params)
+    assert len(data) - len(c.payload) == 15
+    assert bitstream.Container(1, 768, 512, b"", b"x").overhead == 13
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**20, 2**35 - 1])
+def test_varint(value):
+    enc = bitstream.encode_varint(value)
+    assert bitstream.decode_varint(enc, 0, "v") == (value, len(enc))
+
+
+def test_every_truncation_and_every_byte_flip_is_a_clean_error():
+    data = make()
+    for n in range(len(data)):
+        with pytest.raises(BitstreamError, match="<bitstream>"):
+            bitstream.parse(data[:n])
+    for i in range(len(data)):
+        for mask in (0x01, 0x80, 0xFF):
+            corrupt = bytearray(data)
+            corrupt[i] ^= mask
+            with pytest.raises(BitstreamError):
+                bitstream.parse(bytes(corrupt))
+
+
+def test_valid_crc_but_bad_header_fields():
+    def with_crc(body):
+        return body + zlib.crc32(body).to_bytes(4, "big")
+
+    good = make()[:-4]
+    bad_version = bytearray(good)
+    bad_version[2] = 99
+    with pytest.raises(BitstreamError, match="version 99"):
+        bitstream.parse(with_crc(bytes(bad_version)), "f.ulb")
+    # params length pointing past the end
+    body = b"UB\x01\x07" + bitstream.encode_varint(4) + bitstream.encode_varint(4) + bitstream.encode_varint(1000)
+    with pytest.raises(BitstreamError, match="past the end"):
+        bitstream.parse(with_crc(body))
+    # zero width
+    body = b"UB\x01\x07\x00\x04\x00"
+    with pytest.raises(BitstreamError, match="invalid image size"):
+        bitstream.parse(with_crc(body))
+    # a varint that never ends
+    body = b"UB\x01\x07" + b"\xff" * 8
+    with pytest.raises(BitstreamError, match="malformed"):
+        bitstream.parse(with_crc(body))

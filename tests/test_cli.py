@@ -1,0 +1,68 @@
+"""The single-file commands, in fresh processes like a user would run them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def ulbc(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "ulbc", *map(str, args)], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr)
+    return proc
+
+
+def test_encode_decode_eval_round_trip(tmp_path, photo_large):
+    src = tmp_path / "in.png"
+    Image.fromarray(photo_large).save(src)
+    enc = json.loads(ulbc("encode", src, tmp_path / "a.ulb", "--codec", "webp", "--rate", 60).stdout)
+    assert enc["bytes"] == (tmp_path / "a.ulb").stat().st_size
+    assert enc["bpp"] == pytest.approx(8 * enc["bytes"] / photo_large.shape[0] / photo_large.shape[1])
+    dec = json.loads(ulbc("decode", tmp_path / "a.ulb", tmp_path / "a.png").stdout)
+    assert (dec["width"], dec["height"], dec["codec"]) == (256, 192, "webp")
+    ev = json.loads(ulbc("eval", src, tmp_path / "a.ulb").stdout)
+    ev_png = json.loads(ulbc("eval", src, tmp_path / "a.png").stdout)
+    assert ev["psnr_rgb"] == pytest.approx(ev_png["psnr_rgb"]) and 25 < ev["psnr_rgb"] < 50
+    assert 0.8 < ev["ms_ssim_rgb"] <= 1.0
+    assert ev["bpp"] == pytest.approx(enc["bpp"])
+
+
+def test_errors_are_one_line_with_status_2(tmp_path):
+    bad = tmp_path / "broken.ulb"
+    bad.write_bytes(b"UB\x01\x01garbage")
+    proc = ulbc("decode", bad, tmp_path / "o.png", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "broken.ulb" in proc.stderr
+    assert not (tmp_path / "o.png").exists()
+    proc = ulbc("encode", tmp_path / "missing.png", tmp_path / "x.ulb", "--codec", "jpeg", check=False)
+    assert proc.returncode == 2 and "missing.png: no such file" in proc.stderr
+    assert not (tmp_path / "x.ulb").exists()
+    proc = ulbc("encode", tmp_path / "missing.png", tmp_path / "x.ulb", "--codec", "zzz", check=False)
+    assert proc.returncode == 2 and "unknown codec 'zzz'" in proc.stderr
+
+
+def test_codecs_listing():
+    rows = json.loads(ulbc("codecs", "--json").stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["jpeg"]["available"] and by_name["jpeg"]["gpu"] is False
+    assert by_name["hevc-intra"]["rate_param"] == "qp"
+    assert "hevc-intra" in ulbc("codecs").stdout
+
+
+def test_extract_from_pack(tmp_path, photo):
+    from ulbc.codecs import get_codec
+    from ulbc.pack import write_pack
+
+    data = get_codec("jpeg").encode(photo, 50)
+    write_pack(tmp_path / "p.zip", [("a/b.ulb", data)])
+    assert ulbc("extract", tmp_path / "p.zip").stdout.split() == ["a/b.ulb"]
+    ulbc("extract", tmp_path / "p.zip", "a/b", "-o", tmp_path / "one.ulb")
+    assert (tmp_path / "one.ulb").read_bytes() == data
+    proc = ulbc("extract", tmp_path / "p.zip", "zz", check=False)
+    assert proc.returncode == 2 and "no entry 'zz.ulb'" in proc.stderr

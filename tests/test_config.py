@@ -1,0 +1,64 @@
+import pytest
+import yaml
+
+from ulbc.config import check_study, load_config, validate_with_schema
+from ulbc.errors import ConfigError
+
+from conftest import REPO
+
+
+def test_shipped_config_is_valid():
+    config = load_config(REPO / "config" / "config.yaml")
+    plans = check_study(config)
+    assert config["anchor"] in plans
+    assert config["items_per_job"] == 500 and config["on_error"] == "fail"  # schema defaults filled
+    for plan in plans.values():
+        assert 5 <= len(plan.rates) <= 7 and plan.gpu == 0
+
+
+def base(**extra):
+    config = {"datasets": {"d": {"source": "samples"}}, "methods": {"jpeg": {}}, "anchor": "jpeg"}
+    config.update(extra)
+    return validate_with_schema(config)
+
+
+def test_defaults_and_plans():
+    config = base(methods={"jpeg": {"rates": [10, 50]}, "fast-webp": {"codec": "webp", "options": {"method": 2}}})
+    plans = check_study(config)
+    assert [p.label for p in plans["jpeg"].rates] == ["quality10", "quality50"]
+    assert plans["fast-webp"].codec == "webp" and plans["fast-webp"].options == {"method": 2}
+    assert plans["jpeg"].mem_mb == 2000 and plans["jpeg"].runtime == 60
+    h1 = plans["jpeg"].job_hash({"source": "samples"}, "quality10", 0, 500)
+    assert h1 != plans["jpeg"].job_hash({"source": "samples"}, "quality50", 0, 500)
+    assert h1 == plans["jpeg"].job_hash({"source": "samples"}, "quality10", 0, 500)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"methods": {"jpeg": {}, "x": {"codec": "nope"}}}, "methods.x: unknown codec 'nope'"),
+        ({"methods": {"jpeg": {"options": {"colour": 1}}}}, "methods.jpeg: codec 'jpeg': unknown option"),
+        ({"methods": {"jpeg": {"rates": [0.0, 500]}}}, "methods.jpeg.rates"),
+        ({"methods": {"jpeg": {"rates": [10, 10]}}}, "duplicate rate points"),
+        ({"datasets": {"d": {"source": "imagenet-99"}}}, "datasets.d: unknown source 'imagenet-99'"),
+        ({"datasets": {"d": {"source": "local"}}}, "needs a 'path'"),
+        ({"metrics": ["psnr", "vmaf"]}, "unknown metric 'vmaf'"),
+        ({"anchor": "hevc-intra"}, "anchor 'hevc-intra' is not one of the study's methods"),
+    ],
+)
+def test_semantic_errors(extra, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_study(base(**extra))
+
+
+@pytest.mark.parametrize("extra", [{"items_per_job": 0}, {"device": "tpu"}, {"on_error": "ignore"}, {"bogus": 1}])
+def test_schema_errors(extra):
+    with pytest.raises(ConfigError):
+        base(**extra)
+
+
+def test_unreadable_config(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("methods: [unclosed")
+    with pytest.raises(ConfigError, match="c.yaml: cannot read config"):
+        load_config(p)

@@ -1,0 +1,173 @@
+"""Gather the per-shard metric Parquets of a study into one sorted ``metrics.parquet``.
+
+A study of 10^5 items writes thousands of small shard files; this is the single fan-in job. Every
+shard is checked against :data:`ulbc.schema.METRIC_ROW_SCHEMA` from its footer alone before any
+data is read, so a stale or foreign file is named in a one-line error instead of surfacing as an
+obscure type-promotion failure deep inside dask or Arrow.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import ConfigError, InputError
+from .fsutil import atomic_path
+from .schema import METRIC_ROW_SCHEMA
+
+ENGINES = ("dask", "pyarrow")
+SORT_KEYS = ("dataset", "method", "rate_value", "item")
+METADATA_PREFIX = "ulbc."
+
+# Footer reads are I/O-bound and release the GIL; a few threads hide file-open latency even on 2 cores.
+_SCHEMA_CHECK_THREADS = 8
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _schema_difference(found: pa.Schema, expected: pa.Schema = METRIC_ROW_SCHEMA) -> str | None:
+    """Describe the first column where ``found`` departs from ``expected`` (None if they agree)."""
+    for i, want in enumerate(expected):
+        if i >= len(found):
+            return f"column {want.name!r} ({want.type}) is missing"
+        got = found.field(i)
+        if got.name != want.name:
+            if got.name in expected.names or want.name not in found.names:
+                return f"column {i} is {got.name!r}, expected {want.name!r}"
+            return f"column {want.name!r} is at position {found.get_field_index(want.name)}, expected {i}"
+        if not got.type.equals(want.type):
+            return f"column {want.name!r} has type {got.type}, expected {want.type}"
+    if len(found) > len(expected):
+        return f"unexpected extra column {found.field(len(expected)).name!r}"
+    return None
+
+
+def _read_footer_schema(path: str) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: shard file does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a shard Parquet file") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+
+
+def check_shard_schema(path: str | os.PathLike) -> None:
+    """Raise InputError naming ``path`` and its first differing column if it is not a ulbc row file."""
+    path = os.fspath(path)
+    difference = _schema_difference(_read_footer_schema(path))
+    if difference:
+        raise InputError(f"{path}: schema differs from ulbc's row schema: {difference}")
+
+
+def _check_all(paths: Sequence[str]) -> None:
+    """Check every footer; the first failing path in input order is the one reported."""
+    if len(paths) < 64:
+        for path in paths:
+            check_shard_schema(path)
+        return
+    with ThreadPoolExecutor(max_workers=_SCHEMA_CHECK_THREADS) as pool:
+        # map() yields in input order and re-raises the first error it reaches, so the report
+        # does not depend on thread timing.
+        for _ in pool.map(check_shard_schema, paths, chunksize=64):
+            pass
+
+
+def _read_with_pyarrow(paths: Sequence[str]) -> pa.Table:
+    import pyarrow.dataset as ds
+
+    # An explicit schema stops the dataset from opening files at discovery time; partitioning=None
+    # keeps "key=value" folder names in shard paths from turning into extra columns.
+    dataset = ds.dataset(list(paths), schema=METRIC_ROW_SCHEMA, format="parquet", partitioning=None)
+    return dataset.to_table()
+
+
+def _read_with_dask(paths: Sequence[str]) -> pa.Table:
+    import dask
+    import dask.dataframe as dd
+
+    import pyarrow.fs
+
+    # dask's Arrow-filesystem reader plans from the path list plus a 3-file statistics sample and
+    # fuses ~100 small files per partition; the fsspec reader makes one pandas partition per file,
+    # which costs ~4x more at 10^4 shards. Every footer was already checked against the schema.
+    frame = dd.read_parquet(
+        [os.path.abspath(p) for p in paths],
+        filesystem=pyarrow.fs.LocalFileSystem(),
+        columns=list(METRIC_ROW_SCHEMA.names),  # drops any column guessed from "key=value" folders
+        calculate_divisions=False,
+        index=False,
+        # Arrow-backed columns keep NaN distinct from null and int32 as int32, so the frame
+        # converts back to exactly the table the pyarrow engine produces.
+        dtype_backend="pyarrow",
+    )
+    with dask.config.set(scheduler="threads"):
+        pdf = frame.compute()
+    return pa.Table.from_pandas(pdf, schema=METRIC_ROW_SCHEMA, preserve_index=False)
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    # Arrow's sort is stable (nulls last), so rows with equal keys keep shard order and both engines agree.
+    return table.sort_by([(key, "ascending") for key in SORT_KEYS])
+
+
+def aggregate_shards(
+    shard_paths: Iterable[str | os.PathLike],
+    out_path: str | os.PathLike,
+    *,
+    engine: str = "dask",
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Concatenate the shard Parquets into one file sorted by (dataset, method, rate_value, item).
+
+    The output carries METRIC_ROW_SCHEMA and ``metadata`` as ``ulbc.<key>`` key-value pairs (run
+    provenance). Both engines give byte-for-byte the same table; "dask" exists for studies whose
+    shards are spread over a cluster file system, "pyarrow" is the lighter single-process path.
+    Returns the number of rows written.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"aggregate engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    paths = [os.fspath(p) for p in shard_paths]
+    if not paths:
+        raise InputError(f"{os.fspath(out_path)}: no shard files to aggregate")
+    _check_all(paths)
+    try:
+        table = _read_with_dask(paths) if engine == "dask" else _read_with_pyarrow(paths)
+    except (OSError, pa.ArrowException) as exc:
+        # Footers were fine, so a data page is damaged; the readers do not say which file.
+        raise InputError(
+            f"{os.fspath(out_path)}: reading the {len(paths)} shard files failed ({_first_line(exc)})"
+        ) from None
+    table = _sorted(table)
+    table = table.replace_schema_metadata(
+        {f"{METADATA_PREFIX}{key}": str(value) for key, value in (metadata or {}).items()}
+    )
+    with atomic_path(out_path) as tmp:
+        pq.write_table(table, tmp)
+    return table.num_rows
+
+
+def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
+    """Load an aggregated metrics file as a pandas frame (numpy dtypes, NaN for missing numbers)."""
+    path = os.fspath(path)
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: metrics file does not exist (run the aggregate step first)") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a metrics Parquet file") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+    difference = _schema_difference(table.schema)
+    if difference:
+        raise InputError(f"{path}: schema differs from ulbc's row schema: {difference}")
+    return table.to_pandas()

@@ -1,0 +1,412 @@
+"""The ``ulbc`` command line: single-file tools and the shard stages the workflow's rules call.
+
+Every error that ulbc anticipates is printed as one line, ``ulbc: error: <file>: <problem>``, with
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, UlbcError
+
+
+def _parse_options(pairs: list[str] | None, json_text: str | None) -> dict:
+    options: dict = {}
+    if json_text:
+        try:
+            options.update(json.loads(json_text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--options: not valid JSON ({exc})") from None
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--option {pair!r}: expected key=value")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _spec(args) -> "MethodSpec":
+    from .runner import MethodSpec
+
+    return MethodSpec(method=args.method or args.codec, codec=args.codec, rate=args.rate,
+                      options=_parse_options(args.option, args.options))
+
+
+# -- single files ------------------------------------------------------------------------------------
+def cmd_encode(args) -> None:
+    from .codecs import get_codec
+    from .fsutil import write_bytes_atomic
+    from .imageio import load_rgb
+    from .provenance import resolve_device
+
+    codec = get_codec(args.codec, **_parse_options(args.option, args.options))
+    rate = args.rate if args.rate is not None else codec.default_rates[len(codec.default_rates) // 2]
+    image = load_rgb(args.input)
+    start = time.perf_counter()
+    data = codec.encode(image, rate, device=resolve_device(args.device, codec.uses_gpu), seed=args.seed,
+                        name=str(args.input))
+    elapsed = time.perf_counter() - start
+    write_bytes_atomic(args.output, data)
+    h, w = image.shape[:2]
+    print(json.dumps({"output": str(args.output), "codec": codec.name, "rate": codec.rate_label(rate),
+                      "bytes": len(data), "bpp": 8 * len(data) / (w * h), "encode_s": round(elapsed, 4)}))
+
+
+def cmd_decode(args) -> None:
+    from .imageio import save_png
+    from .runner import decode_bitstream_data
+
+    data = Path(args.input).read_bytes() if Path(args.input).is_file() else None
+    if data is None:
+        raise UlbcError(f"{args.input}: no such file")
+    start = time.perf_counter()
+    codec, _, image, _ = decode_bitstream_data(data, device=args.device, name=str(args.input))
+    elapsed = time.perf_counter() - start
+    save_png(image, args.output)
+    print(json.dumps({"output": str(args.output), "codec": codec.name, "width": image.shape[1],
+                      "height": image.shape[0], "decode_s": round(elapsed, 4)}))
+
+
+def cmd_eval(args) -> None:
+    from .bitstream import MAGIC
+    from .imageio import load_rgb
+    from .metrics import compute_metrics
+    from .runner import decode_bitstream_data
+
+    reference = load_rgb(args.reference)
+    path = Path(args.candidate)
+    if not path.is_file():
+        raise UlbcError(f"{path}: no such file")
+    data = path.read_bytes()
+    h, w = reference.shape[:2]
+    result: dict = {"reference": str(args.reference), "candidate": str(path)}
+    if data[:2] == MAGIC:
+        codec, container, candidate, _ = decode_bitstream_data(data, device=args.device, name=str(path))
+        result.update(codec=codec.name, bytes=len(data), bpp=8 * len(data) / (w * h),
+                      payload_bpp=8 * len(container.payload) / (w * h))
+    else:
+        candidate = load_rgb(path)
+    metrics = compute_metrics(args.metric or ["psnr", "ms-ssim"], reference, candidate)
+    result.update({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
+    print(json.dumps(result))
+
+
+def cmd_extract(args) -> None:
+    from .fsutil import write_bytes_atomic
+    from .pack import PackReader, bitstream_entry
+
+    with PackReader(args.pack) as pack:
+        if args.item is None:
+            for name in pack.names():
+                print(name)
+            return
+        entry = args.item if args.item in pack else bitstream_entry(args.item)
+        data = pack.read(entry)
+    output = args.output or Path(entry).name
+    write_bytes_atomic(output, data)
+    print(json.dumps({"output": str(output), "bytes": len(data)}))
+
+
+def cmd_codecs(args) -> None:
+    from .codecs import CODECS
+
+    rows = []
+    for name, cls in sorted(CODECS.items(), key=lambda kv: kv[1].codec_id):
+        reason = cls.availability()
+        rows.append({"name": name, "id": cls.codec_id, "media": cls.media, "gpu": cls.uses_gpu,
+                     "rate_param": cls.rate_param, "default_rates": list(cls.default_rates),
+                     "options": cls.option_defaults, "available": reason is None, "reason": reason or "",
+                     "description": cls.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'codec':<12} {'id':>3} {'gpu':<4} {'rate grid':<44} available")
+    for r in rows:
+        grid = f"{r['rate_param']} " + ",".join(f"{v:g}" for v in r["default_rates"])
+        status = "yes" if r["available"] else f"no: {r['reason']}"
+        print(f"{r['name']:<12} {r['id']:>3} {'yes' if r['gpu'] else 'no':<4} {grid:<44} {status}")
+        if args.verbose:
+            print(f"{'':16}{r['description']}; options {r['options']}")
+
+
+def cmd_metrics(args) -> None:
+    from .metrics import METRICS
+
+    for name in sorted(METRICS):
+        print(name)
+
+
+# -- datasets ------------------------------------------------------------------------------------------
+def cmd_datasets_list(args) -> None:
+    from .datasets import list_datasets
+
+    print(f"{'name':<14} {'media':<6} {'files':>5} {'verified':<8} description")
+    print(f"{'samples':<14} {'image':<6} {4:>5} {'bundled':<8} scikit-image's bundled photographs (no network)")
+    print(f"{'local':<14} {'any':<6} {'-':>5} {'-':<8} a folder or glob of your own files")
+    for spec in list_datasets():
+        print(f"{spec.name:<14} {spec.media:<6} {len(spec.files):>5} {'sha256' if spec.verified else 'no':<8} {spec.description}")
+
+
+def cmd_datasets_fetch(args) -> None:
+    from .datasets import fetch_dataset
+
+    folder = fetch_dataset(args.name, args.dest, allow_unverified=args.allow_unverified, progress=not args.quiet)
+    if args.done_file:
+        Path(args.done_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.done_file).write_text(str(folder) + "\n")
+    print(folder)
+
+
+def cmd_manifest(args) -> None:
+    from .datasets import resolve_items
+    from .manifest import build_manifest
+
+    try:
+        source = json.loads(args.source)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--source: not valid JSON ({exc})") from None
+    root, items = resolve_items(source, args.datasets_dir)
+    frame = build_manifest(args.dataset, root, items, args.out)
+    print(json.dumps({"manifest": str(args.out), "items": len(frame), "root": str(root)}))
+
+
+# -- shard stages ------------------------------------------------------------------------------------
+def cmd_encode_shard(args) -> None:
+    from .runner import encode_shard
+
+    n = encode_shard(args.manifest, args.shard, args.items_per_job, _spec(args), args.out_pack, args.out_log,
+                     seed=args.seed, device=args.device, on_error=args.on_error, progress=not args.quiet)
+    print(f"encoded {n} items -> {args.out_pack}", file=sys.stderr)
+
+
+def cmd_decode_shard(args) -> None:
+    from .runner import decode_shard
+
+    n = decode_shard(args.pack, args.out_decoded, args.out_log, device=args.device, on_error=args.on_error,
+                     progress=not args.quiet)
+    print(f"decoded {n} items -> {args.out_decoded}", file=sys.stderr)
+
+
+def cmd_metrics_shard(args) -> None:
+    from .runner import metrics_shard
+
+    n = metrics_shard(args.manifest, args.shard, args.items_per_job, _spec(args), args.encode_log, args.decode_log,
+                      args.decoded, args.out, metrics=args.metric or ("psnr", "ms-ssim"),
+                      config_hash=args.config_hash, progress=not args.quiet)
+    print(f"measured {n} items -> {args.out}", file=sys.stderr)
+
+
+# -- study level ------------------------------------------------------------------------------------------
+def cmd_aggregate(args) -> None:
+    from .aggregate import aggregate_shards
+    from .provenance import run_provenance
+
+    shards = list(args.shards)
+    if args.shard_list:
+        shards += [line.strip() for line in Path(args.shard_list).read_text().splitlines() if line.strip()]
+    n = aggregate_shards(shards, args.out, engine=args.engine, metadata=run_provenance())
+    print(json.dumps({"metrics": str(args.out), "rows": n, "shards": len(shards)}))
+
+
+def cmd_analyse(args) -> None:
+    from .aggregate import read_metrics
+    from .rd import bd_rate_table, plot_rd, summarize, write_table
+
+    frame = read_metrics(args.metrics)
+    summary = summarize(frame)
+    out = Path(args.outdir)
+    write_table(summary, out / "summary.csv")
+    write_table(summary, out / "summary.html")
+    table = bd_rate_table(summary, args.anchor, interpolation=args.interpolation)
+    write_table(table, out / "bdrate.csv")
+    write_table(table, out / "bdrate.html")
+    plot_rd(summary, [out / "rd_psnr.png", out / "rd_psnr.svg"], metric="psnr_rgb", anchor=args.anchor)
+    plot_rd(summary, [out / "rd_msssim.png", out / "rd_msssim.svg"], metric="ms_ssim_db", anchor=args.anchor)
+    failed = int(summary["n_failed"].sum())
+    if failed:
+        print(f"ulbc: warning: {failed} item encodes/decodes failed; see the status/error columns", file=sys.stderr)
+    print(table.to_string(index=False))
+
+
+def cmd_bdrate(args) -> None:
+    from .aggregate import read_metrics
+    from .rd import bd_rate_table, summarize, write_table
+
+    table = bd_rate_table(summarize(read_metrics(args.metrics)), args.anchor, interpolation=args.interpolation)
+    if args.out:
+        write_table(table, args.out)
+    cols = ["dataset", "method", "anchor"] + [c for c in table.columns if c.startswith("bd_rate_")] + ["note"]
+    print(table[[c for c in cols if c in table.columns]].to_string(index=False, float_format=lambda v: f"{v:+.2f}"))
+
+
+def cmd_check_config(args) -> None:
+    from .config import check_study, load_config
+
+    config = load_config(args.config)
+    plans = check_study(config)
+    for plan in plans.values():
+        print(f"{plan.name}: codec {plan.codec}, rates {', '.join(p.label for p in plan.rates)}")
+    print(f"config OK: {len(config['datasets'])} dataset(s), {len(plans)} method(s)")
+
+
+# -- parser --------------------------------------------------------------------------------------------
+def _add_method_args(p: argparse.ArgumentParser, rate_required: bool = True) -> None:
+    p.add_argument("--codec", required=True, help="registered codec name (ulbc codecs)")
+    p.add_argument("--method", help="method name in the results (default: the codec name)")
+    p.add_argument("--rate", type=float, required=rate_required, help="rate point in the codec's knob")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="encoder option (repeatable)")
+    p.add_argument("--options", metavar="JSON", help="encoder options as a JSON object")
+
+
+def _add_shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--items-per-job", type=int, required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ulbc", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ulbc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("encode", help="encode one image into a ulbc bitstream file")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--codec", required=True)
+    p.add_argument("--rate", type=float, help="rate point (default: middle of the codec's grid)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--options", metavar="JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode a ulbc bitstream file to PNG (reads only the bitstream)")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("eval", help="metrics of a bitstream (decoded) or an image against a reference")
+    p.add_argument("reference")
+    p.add_argument("candidate")
+    p.add_argument("--metric", action="append")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("extract", help="list a shard pack, or write one item's bitstream file")
+    p.add_argument("pack")
+    p.add_argument("item", nargs="?")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("codecs", help="registered codecs, their rate grids and GPU use")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_codecs)
+
+    p = sub.add_parser("metrics", help="registered metrics")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("datasets", help="dataset registry")
+    dsub = p.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
+    q = dsub.add_parser("list", help="registered datasets")
+    q.set_defaults(func=cmd_datasets_list)
+    q = dsub.add_parser("fetch", help="download (checksummed) and unpack a registry dataset")
+    q.add_argument("name")
+    q.add_argument("--dest", default="resources/datasets")
+    q.add_argument("--allow-unverified", action="store_true")
+    q.add_argument("--done-file", help="write this file when the dataset is complete (for Snakemake)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_datasets_fetch)
+
+    p = sub.add_parser("manifest", help="build a dataset's manifest (Parquet)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--source", required=True, metavar="JSON", help='e.g. {"source": "local", "path": "imgs"}')
+    p.add_argument("--datasets-dir", default="resources/datasets")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("encode-shard", help="workflow stage: encode one shard into a bitstream pack")
+    _add_shard_args(p)
+    _add_method_args(p)
+    p.add_argument("--out-pack", required=True)
+    p.add_argument("--out-log", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--on-error", choices=("fail", "record"), default="fail")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_encode_shard)
+
+    p = sub.add_parser("decode-shard", help="workflow stage: decode a bitstream pack (reads only the pack)")
+    p.add_argument("--pack", required=True)
+    p.add_argument("--out-decoded", required=True)
+    p.add_argument("--out-log", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--on-error", choices=("fail", "record"), default="fail")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_decode_shard)
+
+    p = sub.add_parser("metrics-shard", help="workflow stage: per-item metrics of one shard -> Parquet")
+    _add_shard_args(p)
+    _add_method_args(p)
+    p.add_argument("--encode-log", required=True)
+    p.add_argument("--decode-log", required=True)
+    p.add_argument("--decoded", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metric", action="append")
+    p.add_argument("--config-hash", default="")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_metrics_shard)
+
+    p = sub.add_parser("aggregate", help="gather shard Parquets into one metrics.parquet")
+    p.add_argument("shards", nargs="*")
+    p.add_argument("--shard-list", help="file with one shard path per line")
+    p.add_argument("--out", required=True)
+    p.add_argument("--engine", choices=("dask", "pyarrow"), default="dask")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("analyse", help="summary, BD-rate tables and RD plots from metrics.parquet")
+    p.add_argument("metrics")
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--anchor", default="hevc-intra")
+    p.add_argument("--interpolation", default="akima", choices=("akima", "pchip", "cubic"))
+    p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("bdrate", help="BD-rate of every method against an anchor, from metrics.parquet")
+    p.add_argument("metrics")
+    p.add_argument("--anchor", default="hevc-intra")
+    p.add_argument("--interpolation", default="akima", choices=("akima", "pchip", "cubic"))
+    p.add_argument("--out", help="also write the table (.csv or .html)")
+    p.set_defaults(func=cmd_bdrate)
+
+    p = sub.add_parser("check-config", help="validate a study config without running anything")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UlbcError as exc:
+        print(f"ulbc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ulbc: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Study configuration: JSON-schema validation with defaults, then checks only ulbc can make.
+
+Snakemake's ``validate()`` fills the schema defaults; :func:`check_study` then resolves each method
+against the codec registry, so an unknown codec, dataset source or out-of-range rate stops the
+workflow before any job runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+import yaml
+
+from .codecs import codec_class
+from .errors import ConfigError
+from .metrics import get_metric
+from .provenance import config_hash
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+BUILTIN_SOURCES = ("samples", "local")
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    label: str
+    value: float
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    name: str
+    codec: str
+    options: dict
+    rates: tuple[RatePoint, ...]
+    uses_gpu: bool
+    mem_mb: int
+    runtime: int
+    gpu: int
+
+    def rate_value(self, label: str) -> float:
+        for point in self.rates:
+            if point.label == label:
+                return point.value
+        raise ConfigError(f"method {self.name!r} has no rate point {label!r}")
+
+    def job_hash(self, dataset_spec: dict, label: str, seed: int, items_per_job: int) -> str:
+        """Hash of everything in the config that determines one shard's rows."""
+        return config_hash(
+            {"dataset": dataset_spec, "codec": self.codec, "options": self.options,
+             "rate": self.rate_value(label), "seed": seed, "items_per_job": items_per_job}
+        )
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config and fill in the schema's defaults (outside Snakemake, e.g. in tests)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    return validate_with_schema(config, str(path))
+
+
+def validate_with_schema(config: dict, name: str = "config") -> dict:
+    from snakemake.utils import validate
+
+    try:
+        validate(config, schema=str(SCHEMA_PATH), set_default=True)
+    except Exception as exc:  # snakemake wraps jsonschema errors in WorkflowError
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"{name}: {' '.join(line.strip() for line in first[:3])}") from None
+    return config
+
+
+def plan_methods(config: dict) -> dict[str, MethodPlan]:
+    """Resolve every method to its codec, options, rate grid and resources; raise on any problem."""
+    defaults = config.get("resources", {})
+    plans: dict[str, MethodPlan] = {}
+    for name, entry in config["methods"].items():
+        codec_name = entry.get("codec", name)
+        try:
+            cls = codec_class(codec_name)
+            codec = cls(**entry.get("options", {}))
+        except ConfigError as exc:
+            raise ConfigError(f"methods.{name}: {exc}") from None
+        reason = cls.availability()
+        if reason:
+            raise ConfigError(f"methods.{name}: codec {codec_name!r} is not available here: {reason}")
+        rates = entry.get("rates") or list(cls.default_rates)
+        points = []
+        for value in rates:
+            try:
+                codec.check_rate(value)
+            except ConfigError as exc:
+                raise ConfigError(f"methods.{name}.rates: {exc}") from None
+            points.append(RatePoint(codec.rate_label(value), float(value)))
+        labels = [p.label for p in points]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"methods.{name}.rates: duplicate rate points {labels}")
+        res = entry.get("resources", {})
+        plans[name] = MethodPlan(
+            name=name,
+            codec=codec_name,
+            options=dict(entry.get("options", {})),
+            rates=tuple(points),
+            uses_gpu=cls.uses_gpu,
+            mem_mb=int(res.get("mem_mb", defaults.get("mem_mb", 2000))),
+            runtime=int(res.get("runtime", defaults.get("runtime", 60))),
+            gpu=int(res.get("gpu", 1 if cls.uses_gpu else 0)),
+        )
+    return plans
+
+
+def check_study(config: dict) -> dict[str, MethodPlan]:
+    """Checks beyond the schema; returns the method plans the workflow wires jobs from."""
+    from .datasets import DATASETS
+
+    plans = plan_methods(config)
+    for name, entry in config["datasets"].items():
+        source = entry["source"]
+        if source not in BUILTIN_SOURCES and source not in DATASETS:
+            known = ", ".join([*BUILTIN_SOURCES, *sorted(DATASETS)])
+            raise ConfigError(f"datasets.{name}: unknown source {source!r}; known: {known}")
+        if source == "local" and not entry.get("path"):
+            raise ConfigError(f"datasets.{name}: source 'local' needs a 'path'")
+        if "/" in name or name.startswith("."):
+            raise ConfigError(f"datasets.{name}: dataset names cannot contain '/' or start with '.'")
+    for metric in config["metrics"]:
+        get_metric(metric)
+    if config["anchor"] not in plans:
+        raise ConfigError(f"anchor {config['anchor']!r} is not one of the study's methods: {', '.join(plans)}")
+    return plans
+

@@ -1,0 +1,343 @@
+"""Rate-distortion analysis: per-rate-point summaries, Bjøntegaard deltas, RD plots and tables.
+
+Two dataset-level PSNR conventions are kept side by side because published BD-rates differ by
+several percent between them: ``psnr_rgb`` is the mean of per-item PSNR (the common convention
+for image sets such as Kodak), ``psnr_of_mean_mse`` is the PSNR of the mean MSE (weights badly
+coded items more, as a video-style average does).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputError
+from .fsutil import atomic_path
+
+GROUP_KEYS = ["dataset", "method", "codec", "rate_label", "rate_value"]
+SUMMARY_COLUMNS = GROUP_KEYS + [
+    "n_items",
+    "n_failed",
+    "bpp",
+    "payload_bpp",
+    "psnr_rgb",
+    "psnr_of_mean_mse",
+    "ms_ssim_rgb",
+    "ms_ssim_db",
+    "encode_s",
+    "decode_s",
+]
+_NEEDED_ROW_COLUMNS = GROUP_KEYS + [
+    "status", "bpp", "payload_bpp", "mse_rgb", "psnr_rgb", "ms_ssim_rgb", "encode_s", "decode_s",
+]
+
+# Points each interpolation needs: a cubic polynomial fit through fewer than 4 points is underdetermined;
+# akima falls back to a straight line for 2 points, and pchip handles 2 points natively.
+INTERPOLATIONS = {"akima": 2, "pchip": 2, "cubic": 4}
+# bjontegaard's own threshold for a warning about a thin overlap; we report it in the note instead.
+LOW_OVERLAP = 0.75
+
+METRIC_LABELS = {
+    "psnr_rgb": "PSNR, RGB, mean over items (dB)",
+    "psnr_of_mean_mse": "PSNR of the mean RGB MSE (dB)",
+    "ms_ssim_rgb": "MS-SSIM, RGB (mean over items)",
+    "ms_ssim_db": "MS-SSIM (dB) = -10·log10(1 - MS-SSIM)",
+    "bpp": "bits per pixel (bpp)",
+    "payload_bpp": "codec payload bits per pixel (bpp)",
+}
+_PEAK = 255.0
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, method, codec, rate_label, rate_value) rate point.
+
+    ``n_items`` counts every row and ``n_failed`` those with status != "ok"; all averages are over
+    the ok rows only, so a failed item lowers neither the rate nor the quality. ``ms_ssim_rgb`` is
+    NaN if any ok item's MS-SSIM is NaN (images under 161 px on a side): a mean over the subset
+    of large images would silently describe a different set than the PSNR columns. Identical
+    reconstructions (MSE 0) give an infinite PSNR and therefore an infinite mean.
+    """
+    missing = [c for c in _NEEDED_ROW_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"metrics table: missing column(s) {', '.join(missing)}")
+    frame = df[_NEEDED_ROW_COLUMNS].copy()
+    frame["_failed"] = (frame["status"] != "ok").astype("int64")
+    counts = frame.groupby(GROUP_KEYS, dropna=False, sort=False).agg(
+        n_items=("_failed", "size"), n_failed=("_failed", "sum")
+    )
+
+    ok = frame[frame["_failed"] == 0].copy()
+    ok["_ms_ssim_nan"] = ok["ms_ssim_rgb"].isna().astype("int64")
+    means = ok.groupby(GROUP_KEYS, dropna=False, sort=False).agg(
+        bpp=("bpp", "mean"),
+        payload_bpp=("payload_bpp", "mean"),
+        psnr_rgb=("psnr_rgb", "mean"),
+        _mean_mse=("mse_rgb", "mean"),
+        ms_ssim_rgb=("ms_ssim_rgb", "mean"),
+        _ms_ssim_nan=("_ms_ssim_nan", "sum"),
+        encode_s=("encode_s", "mean"),
+        decode_s=("decode_s", "mean"),
+    )
+    out = counts.join(means, how="left").reset_index()
+    out["ms_ssim_rgb"] = out["ms_ssim_rgb"].where(out["_ms_ssim_nan"].fillna(0) == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["psnr_of_mean_mse"] = 10.0 * np.log10(_PEAK**2 / out["_mean_mse"].astype("float64"))
+        out["ms_ssim_db"] = -10.0 * np.log10(1.0 - out["ms_ssim_rgb"].astype("float64"))
+    out["n_items"] = out["n_items"].astype("int64")
+    out["n_failed"] = out["n_failed"].astype("int64")
+    out = out[SUMMARY_COLUMNS]
+    out = out.sort_values(["dataset", "method", "bpp", "rate_value"], na_position="last", kind="mergesort")
+    return out.reset_index(drop=True)
+
+
+def _curve(points: pd.DataFrame, metric: str, rate: str) -> tuple[np.ndarray, np.ndarray]:
+    """Finite, positive-rate points of one method, ordered by rate."""
+    rates = points[rate].to_numpy(dtype="float64")
+    quality = points[metric].to_numpy(dtype="float64")
+    keep = np.isfinite(rates) & (rates > 0) & np.isfinite(quality)
+    order = np.argsort(rates[keep], kind="mergesort")
+    return rates[keep][order], quality[keep][order]
+
+
+def _curve_problem(rates: np.ndarray, quality: np.ndarray, min_points: int, who: str) -> str | None:
+    if len(rates) < min_points:
+        return f"{who} has {len(rates)} valid point(s), fewer than the {min_points} needed"
+    # bjontegaard interpolates log-rate as a function of quality, so quality must rise strictly
+    # with rate; a dip or a plateau would make that function multi-valued.
+    if np.any(np.diff(rates) <= 0) or np.any(np.diff(quality) <= 0):
+        return f"{who} curve is not strictly monotonic (quality must rise with rate)"
+    return None
+
+
+def _bd_value(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+              interpolation: str) -> tuple[float, float, float, str | None]:
+    """(BD-rate %, overlap low, overlap high, note) for one metric."""
+    import bjontegaard as bd
+
+    (a_rate, a_q), (t_rate, t_q) = anchor, test
+    low, high = max(a_q.min(), t_q.min()), min(a_q.max(), t_q.max())
+    if not high > low:
+        return math.nan, math.nan, math.nan, (
+            f"no quality overlap (anchor {a_q.min():.4g}..{a_q.max():.4g}, "
+            f"method {t_q.min():.4g}..{t_q.max():.4g})"
+        )
+    joint = max(a_q.max(), t_q.max()) - min(a_q.min(), t_q.min())
+    note = None
+    if (high - low) / joint < LOW_OVERLAP:
+        note = f"quality overlap only {100 * (high - low) / joint:.0f}% of the joint range"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = bd.bd_rate(a_rate, a_q, t_rate, t_q, method=interpolation,
+                               require_matching_points=False, min_overlap=0)
+    except (ValueError, AssertionError, np.linalg.LinAlgError) as exc:
+        return math.nan, low, high, f"bjontegaard failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    value = float(value)
+    if not math.isfinite(value):
+        return math.nan, low, high, "bjontegaard returned a non-finite value"
+    return value, low, high, note
+
+
+def _failed_points(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    bad = points["n_failed"] > 0
+    if not bad.any():
+        return points, None
+    labels = ", ".join(str(v) for v in points.loc[bad, "rate_label"])
+    n = int(points.loc[bad, "n_failed"].sum())
+    return points[~bad], f"method had {n} failed item(s); dropped rate point(s) {labels}"
+
+
+def bd_rate_table(
+    summary: pd.DataFrame,
+    anchor: str,
+    *,
+    metrics: Sequence[str] = ("psnr_rgb", "psnr_of_mean_mse", "ms_ssim_db"),
+    interpolation: str = "akima",
+    rate: str = "bpp",
+) -> pd.DataFrame:
+    """Bjøntegaard delta rate (%) of every method against ``anchor``, per dataset and metric.
+
+    Negative means fewer bits than the anchor at equal quality. Rate points with any failed item
+    are dropped before interpolation (a mean over the surviving items would be a different image
+    set); points whose metric is NaN or infinite are dropped for that metric only. Each value is
+    NaN with a reason in ``note`` when it cannot be computed. ``overlap_low_*``/``overlap_high_*``
+    give the quality interval the integral runs over. ``rate`` picks the rate column: ``bpp``
+    counts the whole file, ``payload_bpp`` only the codec's stream.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"BD interpolation {interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}")
+    metrics = list(metrics)
+    unknown = [m for m in metrics + [rate] if m not in summary.columns]
+    if unknown:
+        raise ConfigError(f"BD-rate: summary has no column(s) {', '.join(unknown)}")
+    present = sorted(summary["method"].dropna().unique().tolist())
+    if anchor not in present:
+        raise ConfigError(
+            f"anchor {anchor!r}: no results for this method; methods present: {', '.join(present) or 'none'}"
+        )
+    min_points = INTERPOLATIONS[interpolation]
+
+    rows = []
+    for dataset, part in summary.groupby("dataset", sort=True):
+        methods = sorted(part["method"].unique().tolist())
+        anchor_points, anchor_note = None, None
+        if anchor in methods:
+            anchor_points, anchor_note = _failed_points(part[part["method"] == anchor])
+            methods = [anchor] + [m for m in methods if m != anchor]
+        for method in methods:
+            row: dict = {"dataset": dataset, "method": method, "anchor": anchor, "interpolation": interpolation}
+            notes: list[str] = []
+            points, failed_note = _failed_points(part[part["method"] == method])
+            if failed_note:
+                notes.append(failed_note)
+            if anchor_points is None:
+                notes.append(f"anchor {anchor} has no results for dataset {dataset}")
+            elif method != anchor and anchor_note:
+                notes.append(f"anchor {anchor}: {anchor_note.removeprefix('method ')}")
+            row["n_points"] = int(len(points))
+            row["n_points_anchor"] = int(len(anchor_points)) if anchor_points is not None else 0
+            for metric in metrics:
+                value, low, high = math.nan, math.nan, math.nan
+                note = None
+                if anchor_points is not None:
+                    test = _curve(points, metric, rate)
+                    ref = _curve(anchor_points, metric, rate)
+                    note = _curve_problem(*ref, min_points, f"anchor {anchor}")
+                    if note is None and method == anchor:
+                        value, low, high = 0.0, float(ref[1].min()), float(ref[1].max())
+                    elif note is None:
+                        note = _curve_problem(*test, min_points, "method")
+                        if note is None:
+                            value, low, high, note = _bd_value(ref, test, interpolation)
+                row[f"bd_rate_{metric}"] = value
+                row[f"overlap_low_{metric}"] = low
+                row[f"overlap_high_{metric}"] = high
+                if note:
+                    notes.append(f"{metric}: {note}")
+            row["note"] = "; ".join(notes)
+            rows.append(row)
+
+    columns = (
+        ["dataset", "method", "anchor", "interpolation"]
+        + [f"bd_rate_{m}" for m in metrics]
+        + ["n_points", "n_points_anchor"]
+        + [f"overlap_{side}_{m}" for m in metrics for side in ("low", "high")]
+        + ["note"]
+    )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _save_figure(fig, out_paths: Sequence[str | os.PathLike]) -> None:
+    for dest in out_paths:
+        fmt = Path(dest).suffix.lower().lstrip(".")
+        if fmt not in ("png", "svg", "pdf"):
+            raise ConfigError(f"{dest}: plot format must be .png, .svg or .pdf")
+        # No creation date in vector files, so reruns give identical outputs.
+        meta = {"Date": None} if fmt == "svg" else ({"CreationDate": None} if fmt == "pdf" else None)
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, metadata=meta, bbox_inches="tight")
+
+
+def plot_rd(
+    summary: pd.DataFrame,
+    out_paths: Sequence[str | os.PathLike],
+    *,
+    metric: str = "psnr_rgb",
+    anchor: str | None = None,
+    log_x: bool = False,
+    rate: str = "bpp",
+) -> None:
+    """RD curves, one panel per dataset and one line per method; the anchor is black and dashed.
+
+    Uses matplotlib's object API with the Agg canvas (no pyplot state), so it runs headless and in
+    worker threads. Rate points with failed items are plotted from their ok items and the method's
+    legend entry says so.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    for column in (metric, rate):
+        if column not in summary.columns:
+            raise ConfigError(f"RD plot: summary has no column {column!r}")
+    datasets = sorted(summary["dataset"].dropna().unique().tolist()) or [None]
+    ncols = min(len(datasets), 3)
+    nrows = math.ceil(len(datasets) / ncols)
+    fig = Figure(figsize=(5.6 * ncols, 4.4 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    y_label = METRIC_LABELS.get(metric, metric)
+    x_label = METRIC_LABELS.get(rate, rate)
+
+    for ax, dataset in zip(axes, datasets):
+        part = summary[summary["dataset"] == dataset] if dataset is not None else summary.iloc[0:0]
+        methods = sorted(part["method"].unique().tolist())
+        if anchor in methods:
+            methods = [anchor] + [m for m in methods if m != anchor]
+        drawn = 0
+        for method in methods:
+            pts = part[part["method"] == method]
+            x = pts[rate].to_numpy(dtype="float64")
+            y = pts[metric].to_numpy(dtype="float64")
+            keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
+            if not keep.any():
+                continue
+            order = np.argsort(x[keep], kind="mergesort")
+            label = method + (" (anchor)" if method == anchor else "")
+            if "n_failed" in pts.columns and int(pts["n_failed"].sum()) > 0:
+                label += " (some items failed)"
+            style = {"color": "black", "linestyle": "--", "zorder": 3} if method == anchor else {}
+            ax.plot(x[keep][order], y[keep][order], marker="o", markersize=4, linewidth=1.4, label=label, **style)
+            drawn += 1
+        if drawn:
+            if log_x:
+                ax.set_xscale("log")
+            ax.legend(fontsize="small", loc="best")
+            ax.grid(True, which="both", alpha=0.3)
+        else:
+            ax.text(0.5, 0.5, f"no finite {metric} values", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"{dataset if dataset is not None else 'no results'}: {metric} vs {rate}")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+    for ax in axes[len(datasets):]:
+        ax.set_visible(False)
+    _save_figure(fig, out_paths)
+
+
+def _html_float(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.2f}" if abs(value) >= 100 else f"{value:.4g}" if abs(value) < 0.01 else f"{value:.4f}"
+
+
+def write_table(df: pd.DataFrame, out_path: str | os.PathLike) -> None:
+    """Write ``df`` as .csv (full precision, for further analysis) or .html (rounded, for reports).
+
+    The HTML is a small standalone page so Snakemake's ``--report`` can embed it as it is.
+    """
+    out_path = Path(out_path)
+    suffix = out_path.suffix.lower()
+    if suffix == ".csv":
+        text = df.to_csv(index=False)
+    elif suffix in (".html", ".htm"):
+        table = df.to_html(index=False, float_format=_html_float, na_rep="", border=0,
+                           classes="ulbc-table", justify="left")
+        text = (
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(out_path.stem)}</title>\n<style>\n"
+            ".ulbc-table { border-collapse: collapse; font-family: sans-serif; font-size: 13px; }\n"
+            ".ulbc-table th, .ulbc-table td { padding: 3px 8px; border-bottom: 1px solid #ddd; }\n"
+            ".ulbc-table td { text-align: right; white-space: nowrap; }\n"
+            ".ulbc-table tbody tr:nth-child(even) { background: #f6f6f6; }\n"
+            "</style></head><body>\n" + table + "\n</body></html>\n"
+        )
+    else:
+        raise ConfigError(f"{out_path}: table format must be .csv or .html")
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

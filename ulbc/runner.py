@@ -1,0 +1,275 @@
+"""Shard jobs: encode -> decode -> metrics for one (dataset, method, rate point, shard).
+
+Each stage reads only what a real deployment would have: encoding reads the original images, decoding
+reads only the bitstream pack, and the metrics stage compares the decoded images with the originals.
+Every output is written atomically, so a killed job leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from . import __version__, bitstream
+from .codecs import codec_for_id, get_codec
+from .codecs.base import decode_container
+from .errors import InputError, UlbcError
+from .fsutil import atomic_path
+from .imageio import decode_png_bytes, encode_png, load_rgb
+from .manifest import read_manifest, shard_rows
+from .metrics import compute_metrics
+from .pack import PackReader, bitstream_entry, decoded_entry, write_pack
+from .provenance import canonical_json, derive_seed, describe_device, git_commit, library_versions, resolve_device
+from .schema import METRIC_ROW_SCHEMA
+
+ON_ERROR_CHOICES = ("fail", "record")
+
+ENCODE_LOG_SCHEMA = pa.schema(
+    [
+        ("item", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("encode_s", pa.float64()),
+        ("seed", pa.int64()),
+        ("device", pa.string()),
+        ("codec_version", pa.string()),
+    ]
+)
+DECODE_LOG_SCHEMA = pa.schema(
+    [
+        ("item", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("decode_s", pa.float64()),
+        ("bytes", pa.int64()),
+        ("payload_bytes", pa.int64()),
+        ("codec", pa.string()),
+        ("device", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method at one rate point, as the config names it."""
+
+    method: str
+    codec: str
+    rate: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self):
+        return get_codec(self.codec, **self.options)
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+    return tqdm(iterable, total=total, desc=desc, unit="item", disable=not enabled, file=sys.stderr, mininterval=2.0)
+
+
+def _one_line(exc: BaseException, context: str) -> str:
+    if isinstance(exc, UlbcError):
+        return str(exc)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{context}: {type(exc).__name__}: {first}"
+
+
+def _write_table(rows: list[dict], schema: pa.Schema, dest: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    if metadata:
+        table = table.replace_schema_metadata({f"ulbc.{k}": str(v) for k, v in metadata.items()})
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _read_log(path: str | os.PathLike, schema: pa.Schema) -> dict[str, dict]:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{path}: unreadable shard log ({exc})") from None
+    if not table.schema.equals(schema, check_metadata=False):
+        raise InputError(f"{path}: shard log has an unexpected schema")
+    return {row["item"]: row for row in table.to_pylist()}
+
+
+def load_verified(root: Path, row) -> tuple[Path, Any]:
+    """Load an item and check it is the file the manifest describes (same hash, same size)."""
+    path = root / row.path
+    if not path.is_file():
+        raise InputError(f"{path}: listed in the manifest but missing")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != row.sha256:
+        raise InputError(f"{path}: changed since the manifest was built (sha256 {digest[:12]}, expected {row.sha256[:12]})")
+    image = load_rgb(path)
+    if image.shape[:2] != (row.height, row.width):
+        raise InputError(f"{path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the manifest")
+    return path, image
+
+
+def encode_shard(
+    manifest_path: str | os.PathLike,
+    shard: int,
+    items_per_job: int,
+    spec: MethodSpec,
+    out_pack: str | os.PathLike,
+    out_log: str | os.PathLike,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    on_error: str = "fail",
+    progress: bool = True,
+) -> int:
+    """Encode the shard's items into one pack; returns how many items were encoded."""
+    manifest, root, dataset = read_manifest(manifest_path)
+    rows = shard_rows(manifest, shard, items_per_job)
+    codec = spec.build()
+    label = codec.rate_label(codec.check_rate(spec.rate))
+    dev = resolve_device(device, codec.uses_gpu)
+    dev_name = describe_device(dev)
+    version = codec.version()
+    entries: list[tuple[str, bytes]] = []
+    log: list[dict] = []
+    for row in _progress(rows.itertuples(index=False), len(rows), f"encode {spec.method} {label}", progress):
+        item_seed = derive_seed(seed, dataset, row.item, spec.method, label)
+        try:
+            path, image = load_verified(root, row)
+            start = time.perf_counter()
+            data = codec.encode(image, spec.rate, device=dev, seed=item_seed, name=str(path))
+            elapsed = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - recorded or re-raised as one line below
+            message = _one_line(exc, f"{root / row.path}: {spec.codec} encoder")
+            if on_error == "fail":
+                raise UlbcError(message) from exc
+            log.append(dict(item=row.item, status="encode_error", error=message, encode_s=math.nan,
+                            seed=item_seed, device=dev_name, codec_version=version))
+            continue
+        entries.append((bitstream_entry(row.item), data))
+        log.append(dict(item=row.item, status="ok", error="", encode_s=elapsed, seed=item_seed,
+                        device=dev_name, codec_version=version))
+    write_pack(out_pack, entries)
+    _write_table(log, ENCODE_LOG_SCHEMA, out_log)
+    return len(entries)
+
+
+def decode_bitstream_data(data: bytes, *, device: str, name: str):
+    """Parse, pick the codec from the header, decode. Returns (codec, container, image)."""
+    container = bitstream.parse(data, name)
+    codec = codec_for_id(container.codec_id, name)
+    dev = resolve_device(device, codec.uses_gpu)
+    return codec, container, decode_container(container, codec, device=dev, name=name), dev
+
+
+def decode_shard(
+    pack_path: str | os.PathLike,
+    out_decoded: str | os.PathLike,
+    out_log: str | os.PathLike,
+    *,
+    device: str = "auto",
+    on_error: str = "fail",
+    progress: bool = True,
+) -> int:
+    """Decode every bitstream of a pack, reading nothing but the pack. Returns items decoded."""
+    log: list[dict] = []
+    with PackReader(pack_path) as pack:
+        names = pack.names()
+
+        def decoded():
+            for name in _progress(names, len(names), f"decode {Path(pack_path).name}", progress):
+                item = name[: -len(".ulb")] if name.endswith(".ulb") else name
+                data = pack.read(name)
+                where = f"{pack_path}:{name}"
+                try:
+                    start = time.perf_counter()
+                    codec, container, image, dev = decode_bitstream_data(data, device=device, name=where)
+                    elapsed = time.perf_counter() - start
+                except Exception as exc:  # noqa: BLE001
+                    message = _one_line(exc, f"{where}: decoder")
+                    if on_error == "fail":
+                        raise UlbcError(message) from exc
+                    log.append(dict(item=item, status="decode_error", error=message, decode_s=math.nan,
+                                    bytes=len(data), payload_bytes=None, codec=None, device=None))
+                    continue
+                log.append(dict(item=item, status="ok", error="", decode_s=elapsed, bytes=len(data),
+                                payload_bytes=len(container.payload), codec=codec.name, device=describe_device(dev)))
+                yield decoded_entry(item), encode_png(image, compress_level=1)
+
+        count = write_pack(out_decoded, decoded())
+    _write_table(log, DECODE_LOG_SCHEMA, out_log)
+    return count
+
+
+def metrics_shard(
+    manifest_path: str | os.PathLike,
+    shard: int,
+    items_per_job: int,
+    spec: MethodSpec,
+    encode_log: str | os.PathLike,
+    decode_log: str | os.PathLike,
+    decoded_pack: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    metrics: Iterable[str] = ("psnr", "ms-ssim"),
+    config_hash: str = "",
+    progress: bool = True,
+) -> int:
+    """Compare decoded images with the originals and write the shard's result rows (one Parquet)."""
+    metrics = tuple(metrics)
+    manifest, root, dataset = read_manifest(manifest_path)
+    rows = shard_rows(manifest, shard, items_per_job)
+    codec = spec.build()
+    label = codec.rate_label(spec.rate)
+    enc = _read_log(encode_log, ENCODE_LOG_SCHEMA)
+    dec = _read_log(decode_log, DECODE_LOG_SCHEMA)
+    common = dict(
+        dataset=dataset,
+        method=spec.method,
+        codec=spec.codec,
+        rate_label=label,
+        rate_param=codec.rate_param,
+        rate_value=float(spec.rate),
+        codec_options=canonical_json(codec.options),
+        ulbc_version=__version__,
+        git_commit=git_commit(),
+        config_hash=config_hash,
+        library_versions=canonical_json(library_versions()),
+    )
+    empty_metrics = {"mse_rgb": math.nan, "psnr_rgb": math.nan, "ms_ssim_rgb": math.nan}
+    out: list[dict] = []
+    with PackReader(decoded_pack) as pack:
+        for row in _progress(rows.itertuples(index=False), len(rows), f"metrics {spec.method} {label}", progress):
+            e = enc.get(row.item)
+            if e is None:
+                raise InputError(f"{encode_log}: no entry for item {row.item!r} of shard {shard}")
+            record = dict(common, item=row.item, width=int(row.width), height=int(row.height), seed=e["seed"],
+                          codec_version=e["codec_version"], encode_s=e["encode_s"], device=e["device"],
+                          bytes=None, payload_bytes=None, bpp=math.nan, payload_bpp=math.nan, decode_s=math.nan,
+                          **empty_metrics)
+            pixels = row.width * row.height
+            d = dec.get(row.item)
+            if e["status"] != "ok":
+                record.update(status=e["status"], error=e["error"])
+            elif d is None:
+                raise InputError(f"{decode_log}: no entry for item {row.item!r}, which was encoded")
+            else:
+                record.update(bytes=d["bytes"], bpp=8.0 * d["bytes"] / pixels, decode_s=d["decode_s"])
+                if d["status"] != "ok":
+                    record.update(status=d["status"], error=d["error"])
+                else:
+                    record.update(payload_bytes=d["payload_bytes"], payload_bpp=8.0 * d["payload_bytes"] / pixels)
+                    _, original = load_verified(root, row)
+                    decoded = decode_png_bytes(pack.read(decoded_entry(row.item)), f"{decoded_pack}:{row.item}")
+                    record.update(compute_metrics(metrics, original, decoded), status="ok", error="")
+            out.append(record)
+    _write_table(out, METRIC_ROW_SCHEMA, out_path, metadata={"ulbc_version": __version__, "git_commit": git_commit(),
+                                                             "config_hash": config_hash})
+    return len(out)
