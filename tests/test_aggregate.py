@@ -175,3 +175,26 @@ def test_read_metrics_errors(tmp_path):
     pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
     with pytest.raises(InputError, match=r"other\.parquet: schema differs"):
         read_metrics(tmp_path / "other.parquet")
+
+
+def test_key_value_folders_do_not_become_columns(tmp_path):
+    """Arrow readers parse "method=x" folders as hive partitions; shard paths must stay plain paths."""
+    folder = tmp_path / "method=other" / "dataset=elsewhere"
+    folder.mkdir(parents=True)
+    paths = [write_shard(folder / f"{i}.parquet", [make_row(item=f"i{i}")]) for i in range(3)]
+    for engine in ("dask", "pyarrow"):
+        out = tmp_path / f"{engine}.parquet"
+        assert aggregate_shards(paths, out, engine=engine) == 3
+        table = pq.read_table(out)
+        assert table.schema.equals(METRIC_ROW_SCHEMA, check_metadata=False)
+        assert set(table.column("method").to_pylist()) == {"jpeg"}
+        assert set(table.column("dataset").to_pylist()) == {"kodak"}
+
+
+def test_relative_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shards").mkdir()
+    paths = [write_shard(f"shards/{i}.parquet", [make_row(item=f"i{i}")]) for i in range(2)]
+    for engine in ("dask", "pyarrow"):
+        assert aggregate_shards(paths, f"{engine}.parquet", engine=engine) == 2
+    assert pq.read_table("dask.parquet").equals(pq.read_table("pyarrow.parquet"))

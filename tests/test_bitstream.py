@@ -59,3 +59,23 @@ def test_valid_crc_but_bad_header_fields():
     body = b"UB\x01\x07" + b"\xff" * 8
     with pytest.raises(BitstreamError, match="malformed"):
         bitstream.parse(with_crc(body))
+
+
+def test_atomic_outputs_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        import importlib
+
+        import ulbc.fsutil
+
+        importlib.reload(ulbc.fsutil)
+        ulbc.fsutil.write_bytes_atomic(tmp_path / "x.bin", b"abc")
+    finally:
+        os.umask(old)
+        importlib.reload(ulbc.fsutil)
+    assert stat.S_IMODE((tmp_path / "x.bin").stat().st_mode) == 0o644
+    assert (tmp_path / "x.bin").read_bytes() == b"abc"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]

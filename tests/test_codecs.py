@@ -128,3 +128,15 @@ def test_jxl_distance_mapping_inverts_libjxl():
 
     for d in (0.5, 1, 3, 6.4, 8, 12, 20):
         assert libjxl(_jxl_quality_from_distance(d)) == pytest.approx(d, abs=1e-9)
+
+
+def test_encoder_library_failure_is_one_line(monkeypatch, photo):
+    from ulbc.codecs.pillow_codecs import JpegCodec
+    from ulbc.errors import EncodeError
+
+    def broken(self, rate, width, height):
+        raise OSError("encoder error -2\nwith a second line")
+
+    monkeypatch.setattr(JpegCodec, "save_kwargs", broken)
+    with pytest.raises(EncodeError, match=r"^img\.png: jpeg encoder failed \(encoder error -2\)$"):
+        get_codec("jpeg").encode(photo, 50, name="img.png")

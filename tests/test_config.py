@@ -62,3 +62,9 @@ def test_unreadable_config(tmp_path):
     p.write_text("methods: [unclosed")
     with pytest.raises(ConfigError, match="c.yaml: cannot read config"):
         load_config(p)
+
+
+def test_missing_ffmpeg_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match=r"methods\.hevc-intra: codec 'hevc-intra' is not available here: .*ffmpeg"):
+        check_study(base(methods={"hevc-intra": {}}, anchor="hevc-intra"))

@@ -28,9 +28,10 @@ METADATA_PREFIX = "ulbc."
 _SCHEMA_CHECK_THREADS = 8
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """The exception text on one line; dask puts the useful part after a generic first line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _schema_difference(found: pa.Schema, expected: pa.Schema = METRIC_ROW_SCHEMA) -> str | None:
@@ -58,7 +59,7 @@ def _read_footer_schema(path: str) -> pa.Schema:
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, expected a shard Parquet file") from None
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable Parquet file ({_one_line(exc)})") from None
 
 
 def check_shard_schema(path: str | os.PathLike) -> None:
@@ -91,25 +92,41 @@ def _read_with_pyarrow(paths: Sequence[str]) -> pa.Table:
     return dataset.to_table()
 
 
+def _hive_like(paths: Sequence[str]) -> bool:
+    """True if any shard sits below a "key=value" folder, which Arrow would parse as a column."""
+    return any("=" in part for p in paths for part in os.path.dirname(os.path.abspath(p)).split(os.sep))
+
+
 def _read_with_dask(paths: Sequence[str]) -> pa.Table:
     import dask
     import dask.dataframe as dd
-
     import pyarrow.fs
 
-    # dask's Arrow-filesystem reader plans from the path list plus a 3-file statistics sample and
-    # fuses ~100 small files per partition; the fsspec reader makes one pandas partition per file,
-    # which costs ~4x more at 10^4 shards. Every footer was already checked against the schema.
-    frame = dd.read_parquet(
-        [os.path.abspath(p) for p in paths],
-        filesystem=pyarrow.fs.LocalFileSystem(),
-        columns=list(METRIC_ROW_SCHEMA.names),  # drops any column guessed from "key=value" folders
-        calculate_divisions=False,
-        index=False,
+    common = {
+        "columns": list(METRIC_ROW_SCHEMA.names),
+        "calculate_divisions": False,
+        "index": False,
         # Arrow-backed columns keep NaN distinct from null and int32 as int32, so the frame
         # converts back to exactly the table the pyarrow engine produces.
-        dtype_backend="pyarrow",
-    )
+        "dtype_backend": "pyarrow",
+    }
+    if not _hive_like(paths):
+        # dask's Arrow-filesystem reader plans from the path list plus a 3-file statistics sample
+        # and fuses ~100 small files per partition: ~15 s for 10^4 shards on 2 cores.
+        frame = dd.read_parquet(
+            [os.path.abspath(p) for p in paths], filesystem=pyarrow.fs.LocalFileSystem(), **common
+        )
+    else:
+        # That reader always applies hive partitioning, which breaks on a "method=..." folder. The
+        # fsspec reader accepts partitioning=None but makes one partition per file (~4x slower).
+        frame = dd.read_parquet(
+            list(paths),
+            dataset={"schema": METRIC_ROW_SCHEMA, "partitioning": None},
+            split_row_groups=False,  # one partition per file, without reading every footer again
+            blocksize=None,
+            ignore_metadata_file=True,
+            **common,
+        )
     with dask.config.set(scheduler="threads"):
         pdf = frame.compute()
     return pa.Table.from_pandas(pdf, schema=METRIC_ROW_SCHEMA, preserve_index=False)
@@ -130,9 +147,8 @@ def aggregate_shards(
     """Concatenate the shard Parquets into one file sorted by (dataset, method, rate_value, item).
 
     The output carries METRIC_ROW_SCHEMA and ``metadata`` as ``ulbc.<key>`` key-value pairs (run
-    provenance). Both engines give byte-for-byte the same table; "dask" exists for studies whose
-    shards are spread over a cluster file system, "pyarrow" is the lighter single-process path.
-    Returns the number of rows written.
+    provenance). Both engines yield the same table (NaN and null kept apart); "pyarrow" is the
+    lighter path, about twice as fast as "dask" at 10^4 shards. Returns the number of rows written.
     """
     if engine not in ENGINES:
         raise ConfigError(f"aggregate engine {engine!r}: expected one of {', '.join(ENGINES)}")
@@ -145,7 +161,7 @@ def aggregate_shards(
     except (OSError, pa.ArrowException) as exc:
         # Footers were fine, so a data page is damaged; the readers do not say which file.
         raise InputError(
-            f"{os.fspath(out_path)}: reading the {len(paths)} shard files failed ({_first_line(exc)})"
+            f"{os.fspath(out_path)}: reading the {len(paths)} shard files failed ({_one_line(exc)})"
         ) from None
     table = _sorted(table)
     table = table.replace_schema_metadata(
@@ -166,7 +182,7 @@ def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, expected a metrics Parquet file") from None
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable Parquet file ({_one_line(exc)})") from None
     difference = _schema_difference(table.schema)
     if difference:
         raise InputError(f"{path}: schema differs from ulbc's row schema: {difference}")

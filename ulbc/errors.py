@@ -13,6 +13,10 @@ class BitstreamError(UlbcError):
     """A bitstream file is truncated, corrupted or of an unknown format."""
 
 
+class EncodeError(UlbcError):
+    """A codec failed to encode an item (the encoder library or tool reported an error)."""
+
+
 class ConfigError(UlbcError):
     """The study configuration is invalid (unknown codec, dataset, bad value)."""
 

@@ -1,9 +1,9 @@
 """Rate-distortion analysis: per-rate-point summaries, Bjøntegaard deltas, RD plots and tables.
 
 Two dataset-level PSNR conventions are kept side by side because published BD-rates differ by
-several percent between them: ``psnr_rgb`` is the mean of per-item PSNR (the common convention
-for image sets such as Kodak), ``psnr_of_mean_mse`` is the PSNR of the mean MSE (weights badly
-coded items more, as a video-style average does).
+several points between them: ``psnr_rgb`` is the mean of per-item PSNR (common for image sets
+such as Kodak), ``psnr_of_mean_mse`` is the PSNR of the mean MSE, which is dominated by the
+worst-coded items.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise InputError(f"metrics table: missing column(s) {', '.join(missing)}")
     frame = df[_NEEDED_ROW_COLUMNS].copy()
-    frame["_failed"] = (frame["status"] != "ok").astype("int64")
+    # A missing status counts as failed: only rows that say "ok" carry trustworthy metrics.
+    frame["_failed"] = (~frame["status"].eq("ok").fillna(False).astype(bool)).astype("int64")
     counts = frame.groupby(GROUP_KEYS, dropna=False, sort=False).agg(
         n_items=("_failed", "size"), n_failed=("_failed", "sum")
     )
@@ -138,7 +139,8 @@ def _bd_value(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.
             value = bd.bd_rate(a_rate, a_q, t_rate, t_q, method=interpolation,
                                require_matching_points=False, min_overlap=0)
     except (ValueError, AssertionError, np.linalg.LinAlgError) as exc:
-        return math.nan, low, high, f"bjontegaard failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return math.nan, low, high, f"bjontegaard failed ({reason})"
     value = float(value)
     if not math.isfinite(value):
         return math.nan, low, high, "bjontegaard returned a non-finite value"
@@ -194,6 +196,7 @@ def bd_rate_table(
         for method in methods:
             row: dict = {"dataset": dataset, "method": method, "anchor": anchor, "interpolation": interpolation}
             notes: list[str] = []
+            metric_notes: dict[str, list[str]] = {}  # note -> metrics it applies to, first-seen order
             points, failed_note = _failed_points(part[part["method"] == method])
             if failed_note:
                 notes.append(failed_note)
@@ -220,7 +223,8 @@ def bd_rate_table(
                 row[f"overlap_low_{metric}"] = low
                 row[f"overlap_high_{metric}"] = high
                 if note:
-                    notes.append(f"{metric}: {note}")
+                    metric_notes.setdefault(note, []).append(metric)
+            notes += [f"{', '.join(names)}: {note}" for note, names in metric_notes.items()]
             row["note"] = "; ".join(notes)
             rows.append(row)
 
@@ -260,6 +264,7 @@ def plot_rd(
     worker threads. Rate points with failed items are plotted from their ok items and the method's
     legend entry says so.
     """
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -274,6 +279,10 @@ def plot_rd(
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     y_label = METRIC_LABELS.get(metric, metric)
     x_label = METRIC_LABELS.get(rate, rate)
+    # One colour per method across all panels, so a method is recognisable from panel to panel.
+    others = sorted(m for m in summary["method"].dropna().unique().tolist() if m != anchor)
+    palette = colormaps["tab10" if len(others) <= 10 else "tab20"]
+    colours = {m: palette(i % palette.N) for i, m in enumerate(others)}
 
     for ax, dataset in zip(axes, datasets):
         part = summary[summary["dataset"] == dataset] if dataset is not None else summary.iloc[0:0]
@@ -292,7 +301,10 @@ def plot_rd(
             label = method + (" (anchor)" if method == anchor else "")
             if "n_failed" in pts.columns and int(pts["n_failed"].sum()) > 0:
                 label += " (some items failed)"
-            style = {"color": "black", "linestyle": "--", "zorder": 3} if method == anchor else {}
+            if method == anchor:
+                style = {"color": "black", "linestyle": "--", "zorder": 3}
+            else:
+                style = {"color": colours[method]}
             ax.plot(x[keep][order], y[keep][order], marker="o", markersize=4, linewidth=1.4, label=label, **style)
             drawn += 1
         if drawn:
@@ -311,9 +323,15 @@ def plot_rd(
 
 
 def _html_float(value: float) -> str:
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.2f}" if abs(value) >= 100 else f"{value:.4g}" if abs(value) < 0.01 else f"{value:.4f}"
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if abs(value) >= 100:
+        return f"{value:.2f}"
+    return f"{value:.4f}" if abs(value) >= 0.01 else f"{value:.4g}"
+
+
+def _html_bd(value: float) -> str:
+    return f"{value:+.2f}" if math.isfinite(value) else f"{value:g}"
 
 
 def write_table(df: pd.DataFrame, out_path: str | os.PathLike) -> None:
@@ -326,14 +344,16 @@ def write_table(df: pd.DataFrame, out_path: str | os.PathLike) -> None:
     if suffix == ".csv":
         text = df.to_csv(index=False)
     elif suffix in (".html", ".htm"):
-        table = df.to_html(index=False, float_format=_html_float, na_rep="", border=0,
-                           classes="ulbc-table", justify="left")
+        # BD-rates read as signed percentages; the other numbers keep four significant decimals.
+        formatters = {c: _html_bd for c in df.columns if str(c).startswith("bd_rate_")}
+        table = df.to_html(index=False, float_format=_html_float, formatters=formatters, na_rep="",
+                           border=0, classes="ulbc-table", justify="left")
         text = (
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\n"
             f"<title>{html.escape(out_path.stem)}</title>\n<style>\n"
             ".ulbc-table { border-collapse: collapse; font-family: sans-serif; font-size: 13px; }\n"
             ".ulbc-table th, .ulbc-table td { padding: 3px 8px; border-bottom: 1px solid #ddd; }\n"
-            ".ulbc-table td { text-align: right; white-space: nowrap; }\n"
+            ".ulbc-table td { text-align: right; }\n"
             ".ulbc-table tbody tr:nth-child(even) { background: #f6f6f6; }\n"
             "</style></head><body>\n" + table + "\n</body></html>\n"
         )

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import bitstream
-from ..errors import BitstreamError, ConfigError, InputError
+from ..errors import BitstreamError, ConfigError, EncodeError, InputError, UlbcError
 
 
 def format_rate(value: float) -> str:
@@ -91,7 +91,14 @@ class Codec(ABC):
         min_w, min_h = self.min_size
         if width < min_w or height < min_h:
             raise InputError(f"{name}: {width}x{height} is smaller than {self.name}'s minimum {min_w}x{min_h}")
-        params, payload = self.encode_payload(image, self.check_rate(rate), device=device, seed=seed)
+        rate = self.check_rate(rate)
+        try:
+            params, payload = self.encode_payload(image, rate, device=device, seed=seed)
+        except UlbcError as exc:
+            raise type(exc)(f"{name}: {exc}") from None
+        except (ValueError, OSError, RuntimeError, MemoryError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EncodeError(f"{name}: {self.name} encoder failed ({first})") from None
         return bitstream.Container(self.codec_id, width, height, params, payload).to_bytes()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from abc import abstractmethod
 from typing import ClassVar
 
 import numpy as np
@@ -43,8 +44,9 @@ class _PillowCodec(Codec):
         lib = features.version(self.feature) if self.feature else None
         return f"Pillow {Image.__version__}" + (f" / {self.feature} {lib}" if lib else "")
 
+    @abstractmethod
     def save_kwargs(self, rate: float, width: int, height: int) -> dict:
-        raise NotImplementedError
+        """Keyword arguments of ``Image.save`` for this rate and image size."""
 
     def encode_payload(self, image, rate, *, device, seed):
         buf = io.BytesIO()
@@ -60,16 +62,18 @@ class _PillowCodec(Codec):
 class JpegCodec(_PillowCodec):
     name = "jpeg"
     codec_id = 1
-    description = "JPEG (libjpeg-turbo through Pillow), optimised Huffman tables"
+    description = "JPEG (libjpeg-turbo through Pillow), baseline, optimised Huffman tables by default"
     rate_param = "quality"
     default_rates = (5, 10, 20, 30, 50, 70, 90)
     rate_range = (1, 100)
     pillow_format = "JPEG"
     feature = "jpg"
-    option_defaults = {"subsampling": "4:2:0"}
+    # optimize: per-image Huffman tables, lossless and ~10 % smaller; Pillow's own default is off,
+    # which costs JPEG about 15 BD-rate points on Kodak.
+    option_defaults = {"subsampling": "4:2:0", "optimize": True}
 
     def save_kwargs(self, rate, width, height):
-        return {"quality": int(rate), "subsampling": self.options["subsampling"], "optimize": True}
+        return {"quality": int(rate), "subsampling": self.options["subsampling"], "optimize": bool(self.options["optimize"])}
 
 
 @register_codec

@@ -1,0 +1,232 @@
+"""RD analysis: summaries over ok rows, BD-rates on curves with known answers, plots and tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ulbc.errors import ConfigError
+from ulbc.rd import bd_rate_table, plot_rd, summarize, write_table
+from ulbc.schema import METRIC_ROW_SCHEMA
+
+ANCHOR_BPP = [0.2, 0.4, 0.8, 1.6]
+ANCHOR_PSNR = [25.0, 30.0, 35.0, 40.0]
+
+
+def row(**overrides) -> dict:
+    """A row with every METRIC_ROW_SCHEMA column set; the quality columns follow ``psnr_rgb``."""
+    psnr = overrides.pop("psnr_rgb", 35.0)
+    mse = overrides.pop("mse_rgb", 255.0**2 / 10 ** (psnr / 10))
+    base = {
+        "dataset": "kodak", "item": "img0", "method": "jpeg", "codec": "jpeg", "rate_label": "r0",
+        "rate_param": "quality", "rate_value": 0.0, "codec_options": "{}", "width": 64, "height": 64,
+        "bytes": 100, "payload_bytes": 90, "bpp": 0.5, "payload_bpp": 0.45,
+        "mse_rgb": mse, "psnr_rgb": 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf,
+        # Any increasing function of PSNR keeps the BD-rate answers exact for the MS-SSIM metric too.
+        "ms_ssim_rgb": 1 - 10 ** (-psnr / 20), "encode_s": 0.02, "decode_s": 0.01, "device": "cpu",
+        "status": "ok", "error": "", "seed": 0, "codec_version": "1", "ulbc_version": "0.1.0",
+        "git_commit": "abc", "config_hash": "h", "library_versions": "{}",
+    }
+    base.update(overrides)
+    assert list(base) == METRIC_ROW_SCHEMA.names
+    return base
+
+
+def curve_rows(method, bpps, psnrs, *, dataset="kodak", items=2) -> list[dict]:
+    """Rows of one method; items differ by ±1 dB around ``psnrs`` at equal bpp."""
+    rows = []
+    for k, (bpp, psnr) in enumerate(zip(bpps, psnrs)):
+        for i in range(items):
+            offset = 0.0 if items == 1 else (2 * i / (items - 1) - 1)
+            rows.append(row(dataset=dataset, method=method, codec=method, item=f"img{i}", rate_label=f"r{k}",
+                            rate_value=float(k), bpp=bpp, payload_bpp=0.9 * bpp, psnr_rgb=psnr + offset))
+    return rows
+
+
+def frame(rows) -> pd.DataFrame:
+    # Through Arrow, like the real metrics file, so dtypes match what read_metrics returns.
+    return pa.Table.from_pylist(rows, schema=METRIC_ROW_SCHEMA).to_pandas()
+
+
+@pytest.fixture
+def study() -> pd.DataFrame:
+    rows = curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR)
+    rows += curve_rows("better", [0.8 * b for b in ANCHOR_BPP], ANCHOR_PSNR)
+    rows += curve_rows("worse", [1.25 * b for b in ANCHOR_BPP], ANCHOR_PSNR)
+    rows += curve_rows("far", ANCHOR_BPP, [p + 40 for p in ANCHOR_PSNR])
+    rows += curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR, dataset="clic")
+    rows += curve_rows("better", [0.8 * b for b in ANCHOR_BPP], ANCHOR_PSNR, dataset="clic")
+    rows += curve_rows("webp", ANCHOR_BPP, ANCHOR_PSNR, dataset="noanchor")
+    return frame(rows)
+
+
+METRICS = ("psnr_rgb", "psnr_of_mean_mse", "ms_ssim_db")
+
+
+@pytest.mark.parametrize("interpolation", ["akima", "pchip", "cubic"])
+def test_bd_rate_of_scaled_rates(study, interpolation):
+    table = bd_rate_table(summarize(study), "jpeg", interpolation=interpolation).set_index(["dataset", "method"])
+    for metric in METRICS:
+        assert table.loc[("kodak", "better"), f"bd_rate_{metric}"] == pytest.approx(-20.0, abs=0.5)
+        assert table.loc[("kodak", "worse"), f"bd_rate_{metric}"] == pytest.approx(25.0, abs=0.5)
+        assert table.loc[("clic", "better"), f"bd_rate_{metric}"] == pytest.approx(-20.0, abs=0.5)
+        assert table.loc[("kodak", "jpeg"), f"bd_rate_{metric}"] == 0.0
+    assert table.loc[("kodak", "better"), "overlap_low_psnr_rgb"] == pytest.approx(25.0)
+    assert table.loc[("kodak", "better"), "overlap_high_psnr_rgb"] == pytest.approx(40.0)
+    assert table.loc[("kodak", "better"), "n_points"] == 4
+    assert (table["interpolation"] == interpolation).all() and (table["anchor"] == "jpeg").all()
+    assert table.loc[("kodak", "better"), "note"] == ""
+
+
+def test_bd_table_layout_and_nan_reasons(study):
+    table = bd_rate_table(summarize(study), "jpeg")
+    assert list(table.columns) == (
+        ["dataset", "method", "anchor", "interpolation"] + [f"bd_rate_{m}" for m in METRICS]
+        + ["n_points", "n_points_anchor"]
+        + [f"overlap_{s}_{m}" for m in METRICS for s in ("low", "high")] + ["note"]
+    )
+    # Anchor first within each dataset, datasets sorted.
+    order = table[["dataset", "method"]].values.tolist()
+    assert order[:3] == [["clic", "jpeg"], ["clic", "better"], ["kodak", "jpeg"]]
+    t = table.set_index(["dataset", "method"])
+    far = t.loc[("kodak", "far")]
+    assert all(math.isnan(far[f"bd_rate_{m}"]) for m in METRICS)
+    assert "psnr_rgb: no quality overlap" in far["note"]
+    lonely = t.loc[("noanchor", "webp")]
+    assert math.isnan(lonely["bd_rate_psnr_rgb"])
+    assert "anchor jpeg has no results for dataset noanchor" in lonely["note"]
+
+
+def test_unknown_anchor_lists_methods(study):
+    with pytest.raises(ConfigError, match="'hevc-intra'.*methods present: better, far, jpeg, webp, worse"):
+        bd_rate_table(summarize(study), "hevc-intra")
+    with pytest.raises(ConfigError, match="interpolation"):
+        bd_rate_table(summarize(study), "jpeg", interpolation="linear")
+
+
+def test_failed_points_are_dropped_and_reported():
+    rows = curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR)
+    rows += curve_rows("better", [0.8 * b for b in ANCHOR_BPP], ANCHOR_PSNR)
+    # A failed item at the top rate point of "better": the point goes, the curve keeps 3 points.
+    rows.append(row(method="better", codec="better", item="img9", rate_label="r3", rate_value=3.0,
+                    bpp=0.8 * 1.6, status="encode_error", error="boom",
+                    psnr_rgb=math.nan, mse_rgb=math.nan, ms_ssim_rgb=math.nan))
+    rows += curve_rows("sparse", ANCHOR_BPP[:2], ANCHOR_PSNR[:2])
+    rows.append(row(method="sparse", codec="sparse", item="img9", rate_label="r1", rate_value=1.0, bpp=0.4,
+                    status="decode_error", error="truncated", psnr_rgb=math.nan, mse_rgb=math.nan))
+    t = bd_rate_table(summarize(frame(rows)), "jpeg").set_index("method")
+    assert t.loc["better", "n_points"] == 3
+    assert t.loc["better", "bd_rate_psnr_rgb"] == pytest.approx(-20.0, abs=0.5)
+    assert "1 failed item(s); dropped rate point(s) r3" in t.loc["better", "note"]
+    assert t.loc["better", "overlap_high_psnr_rgb"] == pytest.approx(35.0)
+    assert math.isnan(t.loc["sparse", "bd_rate_psnr_rgb"])
+    assert "fewer than the 2 needed" in t.loc["sparse", "note"]
+    assert "dropped rate point(s) r1" in t.loc["sparse", "note"]
+
+
+def test_non_monotonic_curve_is_nan():
+    rows = curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR)
+    rows += curve_rows("bumpy", ANCHOR_BPP, [25.0, 33.0, 31.0, 40.0])
+    t = bd_rate_table(summarize(frame(rows)), "jpeg").set_index("method")
+    assert math.isnan(t.loc["bumpy", "bd_rate_psnr_rgb"])
+    assert "not strictly monotonic" in t.loc["bumpy", "note"]
+
+
+def test_psnr_conventions_differ():
+    rows = [row(item="a", mse_rgb=1.0), row(item="b", mse_rgb=100.0)]
+    s = summarize(frame(rows))
+    assert len(s) == 1
+    per_item = [10 * math.log10(255**2 / 1.0), 10 * math.log10(255**2 / 100.0)]
+    assert s.loc[0, "psnr_rgb"] == pytest.approx(np.mean(per_item))  # 38.13 dB
+    assert s.loc[0, "psnr_of_mean_mse"] == pytest.approx(10 * math.log10(255**2 / 50.5))  # 31.10 dB
+    assert s.loc[0, "psnr_rgb"] - s.loc[0, "psnr_of_mean_mse"] > 7
+
+
+def test_summary_excludes_failed_rows_and_counts_them():
+    rows = [row(item="a", bpp=0.5, psnr_rgb=30.0, encode_s=1.0),
+            row(item="b", bpp=0.7, psnr_rgb=32.0, encode_s=3.0),
+            row(item="c", bpp=999.0, psnr_rgb=math.nan, mse_rgb=math.nan, ms_ssim_rgb=math.nan,
+                status="decode_error", error="bad", encode_s=100.0)]
+    s = summarize(frame(rows))
+    assert s.loc[0, "n_items"] == 3 and s.loc[0, "n_failed"] == 1
+    assert s.loc[0, "bpp"] == pytest.approx(0.6)
+    assert s.loc[0, "psnr_rgb"] == pytest.approx(31.0)
+    assert s.loc[0, "encode_s"] == pytest.approx(2.0)
+    ms = np.mean([1 - 10 ** (-30 / 20), 1 - 10 ** (-32 / 20)])
+    assert s.loc[0, "ms_ssim_rgb"] == pytest.approx(ms)
+    assert s.loc[0, "ms_ssim_db"] == pytest.approx(-10 * math.log10(1 - ms))
+
+    all_failed = summarize(frame([row(status="encode_error", error="x", bpp=math.nan)]))
+    assert all_failed.loc[0, "n_failed"] == 1 and math.isnan(all_failed.loc[0, "psnr_rgb"])
+
+
+def test_summary_ms_ssim_nan_if_any_item_nan_and_sorted_by_bpp():
+    rows = [row(item="a", rate_label="hi", rate_value=2.0, bpp=1.0),
+            row(item="b", rate_label="hi", rate_value=2.0, bpp=1.0, ms_ssim_rgb=math.nan),
+            row(item="a", rate_label="lo", rate_value=1.0, bpp=0.1)]
+    s = summarize(frame(rows))
+    assert s["rate_label"].tolist() == ["lo", "hi"]
+    assert not math.isnan(s.loc[0, "ms_ssim_rgb"])
+    assert math.isnan(s.loc[1, "ms_ssim_rgb"]) and math.isnan(s.loc[1, "ms_ssim_db"])
+    assert not math.isnan(s.loc[1, "psnr_rgb"])
+
+
+def _check_images(paths):
+    png, svg = paths
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert b"<svg" in svg.read_bytes()[:2000]
+    assert not [p for p in png.parent.iterdir() if p.name.endswith(".part")]
+
+
+def test_plots_are_written(study, tmp_path):
+    summary = summarize(study)
+    paths = [tmp_path / "rd.png", tmp_path / "rd.svg"]
+    plot_rd(summary, paths, metric="psnr_rgb", anchor="jpeg")
+    _check_images(paths)
+    log_paths = [tmp_path / "log" / "rd.png", tmp_path / "log" / "rd.svg"]
+    plot_rd(summary, log_paths, metric="ms_ssim_db", anchor="jpeg", log_x=True)
+    _check_images(log_paths)
+
+
+def test_plot_single_point_and_all_nan_metric(tmp_path):
+    summary = summarize(frame([row(ms_ssim_rgb=math.nan)]))
+    paths = [tmp_path / "one.png", tmp_path / "one.svg"]
+    plot_rd(summary, paths, metric="psnr_rgb")
+    _check_images(paths)
+    nan_paths = [tmp_path / "nan.png", tmp_path / "nan.svg"]
+    plot_rd(summary, nan_paths, metric="ms_ssim_db", anchor="not-there")
+    _check_images(nan_paths)
+    with pytest.raises(ConfigError, match="format"):
+        plot_rd(summary, [tmp_path / "x.gif"])
+
+
+def test_write_table_csv_and_html(study, tmp_path):
+    table = bd_rate_table(summarize(study), "jpeg")
+    write_table(table, tmp_path / "bd.csv")
+    back = pd.read_csv(tmp_path / "bd.csv")
+    assert back["bd_rate_psnr_rgb"].tolist()[:2] == pytest.approx(table["bd_rate_psnr_rgb"].tolist()[:2])
+    write_table(table, tmp_path / "bd.html")
+    html = (tmp_path / "bd.html").read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and "<table" in html and "bd_rate_psnr_rgb" in html
+    assert "-20.00" in html
+    with pytest.raises(ConfigError, match="csv or .html"):
+        write_table(table, tmp_path / "bd.xlsx")
+
+
+def test_end_to_end_from_shards(tmp_path):
+    from ulbc.aggregate import aggregate_shards, read_metrics
+
+    rows = curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR)
+    rows += curve_rows("better", [0.8 * b for b in ANCHOR_BPP], ANCHOR_PSNR)
+    paths = []
+    for i in range(0, len(rows), 4):
+        paths.append(tmp_path / f"s{i}.parquet")
+        pq.write_table(pa.Table.from_pylist(rows[i : i + 4], schema=METRIC_ROW_SCHEMA), paths[-1])
+    aggregate_shards(paths, tmp_path / "metrics.parquet", engine="pyarrow")
+    table = bd_rate_table(summarize(read_metrics(tmp_path / "metrics.parquet")), "jpeg").set_index("method")
+    assert table.loc["better", "bd_rate_psnr_of_mean_mse"] == pytest.approx(-20.0, abs=0.5)
