@@ -17,7 +17,6 @@ from .metrics import get_metric
 from .provenance import config_hash
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
-BUILTIN_SOURCES = ("samples", "local")
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ def plan_methods(config: dict) -> dict[str, MethodPlan]:
 
 def check_study(config: dict) -> dict[str, MethodPlan]:
     """Checks beyond the schema; returns the method plans the workflow wires jobs from."""
-    from .datasets import DATASETS
+    from .datasets import BUILTIN_SOURCES, DATASETS
 
     plans = plan_methods(config)
     for name, entry in config["datasets"].items():
