@@ -41,13 +41,12 @@ def synthetic(height, width, seed=0):
 
 @pytest.fixture(scope="module")
 def kodak256():
-    """A 256x256 centre crop of a Kodak image, or a synthetic stand-in."""
-    path = KODAK / "kodim23.png"
-    if not path.is_file():
-        return synthetic(256, 256)
+    """A 256x256 centre crop of Kodak's kodim23, or of scikit-image's bundled astronaut photo."""
+    from conftest import skimage_photo
     from ulbc.imageio import load_rgb
 
-    image = load_rgb(path)
+    path = KODAK / "kodim23.png"
+    image = load_rgb(path if path.is_file() else skimage_photo("astronaut.png"))
     h, w = image.shape[:2]
     return np.ascontiguousarray(image[h // 2 - 128 : h // 2 + 128, w // 2 - 128 : w // 2 + 128])
 

@@ -274,6 +274,12 @@ def _add_shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items-per-job", type=int, required=True)
 
 
+def _add_bd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("metrics", help="metrics.parquet of a study")
+    p.add_argument("--anchor", default="hevc-intra", help="method the BD-rates are measured against")
+    p.add_argument("--interpolation", default="akima", choices=("akima", "pchip", "cubic"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ulbc", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ulbc {__version__}")
@@ -376,16 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("analyse", help="summary, BD-rate tables and RD plots from metrics.parquet")
-    p.add_argument("metrics")
+    _add_bd_args(p)
     p.add_argument("--outdir", required=True)
-    p.add_argument("--anchor", default="hevc-intra")
-    p.add_argument("--interpolation", default="akima", choices=("akima", "pchip", "cubic"))
     p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser("bdrate", help="BD-rate of every method against an anchor, from metrics.parquet")
-    p.add_argument("metrics")
-    p.add_argument("--anchor", default="hevc-intra")
-    p.add_argument("--interpolation", default="akima", choices=("akima", "pchip", "cubic"))
+    _add_bd_args(p)
     p.add_argument("--out", help="also write the table (.csv or .html)")
     p.set_defaults(func=cmd_bdrate)
 

@@ -66,6 +66,10 @@ rule run_manifest:
             caption="../report/run_manifest.rst",
             category="Provenance",
         ),
+    params:
+        # A params change re-runs the rule (rerun-triggers), so the record follows the config.
+        config_hash=config_hash(config),
+        ulbc_version=ulbc.__version__,
     localrule: True
     script:
         "../scripts/run_manifest.py"

@@ -11,6 +11,7 @@ import ulbc
 from ulbc.config import check_study
 from ulbc.errors import UlbcError
 from ulbc.manifest import num_shards, shard_name
+from ulbc.provenance import config_hash
 
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
