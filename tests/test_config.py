@@ -1,5 +1,4 @@
 import pytest
-import yaml
 
 from ulbc.config import check_study, load_config, validate_with_schema
 from ulbc.errors import ConfigError

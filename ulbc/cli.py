@@ -12,9 +12,16 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ConfigError, UlbcError
+
+#: What a shard job does with an item that cannot be encoded or decoded (see the config schema).
+ON_ERROR_CHOICES = ("fail", "record")
+
+if TYPE_CHECKING:
+    from .runner import MethodSpec
 
 
 def _parse_options(pairs: list[str] | None, json_text: str | None) -> dict:
@@ -260,10 +267,10 @@ def cmd_check_config(args) -> None:
 
 
 # -- parser --------------------------------------------------------------------------------------------
-def _add_method_args(p: argparse.ArgumentParser, rate_required: bool = True) -> None:
+def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", required=True, help="registered codec name (ulbc codecs)")
     p.add_argument("--method", help="method name in the results (default: the codec name)")
-    p.add_argument("--rate", type=float, required=rate_required, help="rate point in the codec's knob")
+    p.add_argument("--rate", type=float, required=True, help="rate point in the codec's knob")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="encoder option (repeatable)")
     p.add_argument("--options", metavar="JSON", help="encoder options as a JSON object")
 
@@ -349,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-log", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--on-error", choices=("fail", "record"), default="fail")
+    p.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="fail")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_encode_shard)
 
@@ -358,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-decoded", required=True)
     p.add_argument("--out-log", required=True)
     p.add_argument("--device", default="auto")
-    p.add_argument("--on-error", choices=("fail", "record"), default="fail")
+    p.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="fail")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_decode_shard)
 

@@ -8,7 +8,6 @@ Every output is written atomically, so a killed job leaves nothing that looks fi
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import sys
@@ -32,8 +31,6 @@ from .metrics import compute_metrics
 from .pack import PackReader, bitstream_entry, decoded_entry, write_pack
 from .provenance import canonical_json, derive_seed, describe_device, git_commit, library_versions, resolve_device
 from .schema import METRIC_ROW_SCHEMA
-
-ON_ERROR_CHOICES = ("fail", "record")
 
 ENCODE_LOG_SCHEMA = pa.schema(
     [
