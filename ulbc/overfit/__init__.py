@@ -1,0 +1,1 @@
+"""Shared parts of the overfitted (per-item optimised) codecs: LotteryCodec and the Cool-chic-style baseline."""
