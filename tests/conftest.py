@@ -41,4 +41,13 @@ def photo_large() -> np.ndarray:
     return np.ascontiguousarray(image[100:292, 100:356])
 
 
+#: Small budgets that keep the overfitted codecs fast enough for tests (quality is not the point).
+QUICK_OPTIONS = {
+    "coolchic": {"iterations": 150, "candidates": 1, "final_iterations": 30, "n_grids": 5, "arm_context": 8,
+                 "preset": "lop", "progress": False},
+    "lottery": {"iterations": 150, "candidates": 1, "final_iterations": 30, "n_grids": 5, "arm_context": 8,
+                "progress": False},
+}
+
+
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")

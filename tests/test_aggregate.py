@@ -48,6 +48,11 @@ def make_row(**overrides) -> dict:
         "git_commit": "abc123",
         "config_hash": "cafe",
         "library_versions": "{}",
+        "bits_nn": None,
+        "bits_mask": None,
+        "bits_latent": None,
+        "macs_per_pixel": None,
+        "encode_info": "",
     }
     unknown = set(overrides) - set(row)
     assert not unknown, f"not schema columns: {unknown}"

@@ -12,6 +12,8 @@ from ulbc import bitstream
 from ulbc.codecs import CODECS, decode_bitstream, get_codec
 from ulbc.errors import BitstreamError, ConfigError, InputError
 
+from conftest import QUICK_OPTIONS
+
 NAMES = sorted(CODECS)
 
 
@@ -19,7 +21,7 @@ def codec_or_skip(name):
     reason = CODECS[name].availability()
     if reason:
         pytest.skip(f"{name}: {reason}")
-    return get_codec(name)
+    return get_codec(name, **QUICK_OPTIONS.get(name, {}))
 
 
 def psnr(a, b):

@@ -31,6 +31,7 @@ def row(**overrides) -> dict:
         "ms_ssim_rgb": 1 - 10 ** (-psnr / 20), "encode_s": 0.02, "decode_s": 0.01, "device": "cpu",
         "status": "ok", "error": "", "seed": 0, "codec_version": "1", "ulbc_version": "0.1.0",
         "git_commit": "abc", "config_hash": "h", "library_versions": "{}",
+        "bits_nn": None, "bits_mask": None, "bits_latent": None, "macs_per_pixel": None, "encode_info": "",
     }
     base.update(overrides)
     assert list(base) == METRIC_ROW_SCHEMA.names

@@ -30,7 +30,7 @@ from .manifest import read_manifest, shard_rows
 from .metrics import compute_metrics
 from .pack import PackReader, bitstream_entry, decoded_entry, write_pack
 from .provenance import canonical_json, derive_seed, describe_device, git_commit, library_versions, resolve_device
-from .schema import METRIC_ROW_SCHEMA
+from .schema import BITSTREAM_STAT_COLUMNS, METRIC_ROW_SCHEMA
 
 ENCODE_LOG_SCHEMA = pa.schema(
     [
@@ -41,6 +41,7 @@ ENCODE_LOG_SCHEMA = pa.schema(
         ("seed", pa.int64()),
         ("device", pa.string()),
         ("codec_version", pa.string()),
+        ("encode_info", pa.string()),
     ]
 )
 DECODE_LOG_SCHEMA = pa.schema(
@@ -54,6 +55,7 @@ DECODE_LOG_SCHEMA = pa.schema(
         ("codec", pa.string()),
         ("device", pa.string()),
     ]
+    + [(name, pa.float64()) for name in BITSTREAM_STAT_COLUMNS]
 )
 
 
@@ -128,34 +130,66 @@ def encode_shard(
 ) -> int:
     """Encode the shard's items into one pack; returns how many items were encoded."""
     manifest, root, dataset = read_manifest(manifest_path)
-    rows = shard_rows(manifest, shard, items_per_job)
+    rows = list(shard_rows(manifest, shard, items_per_job).itertuples(index=False))
     codec = spec.build()
     label = codec.rate_label(codec.check_rate(spec.rate))
     dev = resolve_device(device, codec.uses_gpu)
     dev_name = describe_device(dev)
     version = codec.version()
-    entries: list[tuple[str, bytes]] = []
-    log: list[dict] = []
-    for row in _progress(rows.itertuples(index=False), len(rows), f"encode {spec.method} {label}", progress):
-        item_seed = derive_seed(seed, dataset, row.item, spec.method, label)
-        try:
-            path, image = load_verified(root, row)
-            start = time.perf_counter()
-            data = codec.encode(image, spec.rate, device=dev, seed=item_seed, name=str(path))
-            elapsed = time.perf_counter() - start
-        except Exception as exc:  # noqa: BLE001 - recorded or re-raised as one line below
-            message = _one_line(exc, f"{root / row.path}: {spec.codec} encoder")
-            if on_error == "fail":
-                raise UlbcError(message) from exc
-            log.append(dict(item=row.item, status="encode_error", error=message, encode_s=math.nan,
-                            seed=item_seed, device=dev_name, codec_version=version))
-            continue
-        entries.append((bitstream_entry(row.item), data))
-        log.append(dict(item=row.item, status="ok", error="", encode_s=elapsed, seed=item_seed,
-                        device=dev_name, codec_version=version))
-    write_pack(out_pack, entries)
-    _write_table(log, ENCODE_LOG_SCHEMA, out_log)
+    entries: dict[str, bytes] = {}
+    log: dict[str, dict] = {}
+
+    def record_error(row, exc: BaseException, seed_: int) -> None:
+        message = _one_line(exc, f"{root / row.path}: {spec.codec} encoder")
+        if on_error == "fail":
+            raise UlbcError(message) from exc
+        log[row.item] = dict(item=row.item, status="encode_error", error=message, encode_s=math.nan,
+                             seed=seed_, device=dev_name, codec_version=version, encode_info="")
+
+    bar = _progress(None, len(rows), f"encode {spec.method} {label}", progress)
+    for batch in encode_batches(rows, codec.batch_size(dev)):
+        seeds = [derive_seed(seed, dataset, row.item, spec.method, label) for row in batch]
+        images, names, ok = [], [], []
+        for row, item_seed in zip(batch, seeds):
+            try:
+                path, image = load_verified(root, row)
+            except Exception as exc:  # noqa: BLE001 - recorded or re-raised as one line
+                record_error(row, exc, item_seed)
+                continue
+            images.append(image)
+            names.append(str(path))
+            ok.append((row, item_seed))
+        if images:
+            try:
+                start = time.perf_counter()
+                results = codec.encode_batch(images, spec.rate, device=dev, seeds=[s for _, s in ok], names=names)
+                elapsed = (time.perf_counter() - start) / len(images)
+            except Exception as exc:  # noqa: BLE001
+                for row, item_seed in ok:
+                    record_error(row, exc, item_seed)
+                results = []
+            for (row, item_seed), result in zip(ok, results):
+                entries[row.item] = result.data
+                log[row.item] = dict(item=row.item, status="ok", error="", encode_s=elapsed, seed=item_seed,
+                                     device=dev_name, codec_version=version,
+                                     encode_info=canonical_json(result.info) if result.info else "")
+        bar.update(len(batch))
+    bar.close()
+    # Pack and log follow the manifest order, whatever order the batches ran in.
+    write_pack(out_pack, [(bitstream_entry(r.item), entries[r.item]) for r in rows if r.item in entries])
+    _write_table([log[r.item] for r in rows], ENCODE_LOG_SCHEMA, out_log)
     return len(entries)
+
+
+def encode_batches(rows: list, batch_size: int) -> list[list]:
+    """Items to encode together: same-size items (sizes from the manifest) in chunks of
+    ``batch_size``, in manifest order of each size's first item; singletons when batch_size is 1."""
+    if batch_size <= 1:
+        return [[row] for row in rows]
+    by_size: dict[tuple[int, int], list] = {}
+    for row in rows:
+        by_size.setdefault((int(row.height), int(row.width)), []).append(row)
+    return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
 
 
 def decode_bitstream_data(data: bytes, *, device: str, name: str):
@@ -194,10 +228,13 @@ def decode_shard(
                     if on_error == "fail":
                         raise UlbcError(message) from exc
                     log.append(dict(item=item, status="decode_error", error=message, decode_s=math.nan,
-                                    bytes=len(data), payload_bytes=None, codec=None, device=None))
+                                    bytes=len(data), payload_bytes=None, codec=None, device=None,
+                                    **dict.fromkeys(BITSTREAM_STAT_COLUMNS)))
                     continue
+                stats = codec.bitstream_stats(container.params, container.payload, container.width, container.height)
                 log.append(dict(item=item, status="ok", error="", decode_s=elapsed, bytes=len(data),
-                                payload_bytes=len(container.payload), codec=codec.name, device=describe_device(dev)))
+                                payload_bytes=len(container.payload), codec=codec.name, device=describe_device(dev),
+                                **{k: stats.get(k) for k in BITSTREAM_STAT_COLUMNS}))
                 yield decoded_entry(item), encode_png(image, compress_level=1)
 
         count = write_pack(out_decoded, decoded())
@@ -249,6 +286,7 @@ def metrics_shard(
                 raise InputError(f"{encode_log}: no entry for item {row.item!r} of shard {shard}")
             record = dict(common, item=row.item, width=int(row.width), height=int(row.height), seed=e["seed"],
                           codec_version=e["codec_version"], encode_s=e["encode_s"], device=e["device"],
+                          encode_info=e["encode_info"], **dict.fromkeys(BITSTREAM_STAT_COLUMNS),
                           bytes=None, payload_bytes=None, bpp=math.nan, payload_bpp=math.nan, decode_s=math.nan,
                           **empty_metrics)
             pixels = row.width * row.height
@@ -262,7 +300,8 @@ def metrics_shard(
                 if d["status"] != "ok":
                     record.update(status=d["status"], error=d["error"])
                 else:
-                    record.update(payload_bytes=d["payload_bytes"], payload_bpp=8.0 * d["payload_bytes"] / pixels)
+                    record.update(payload_bytes=d["payload_bytes"], payload_bpp=8.0 * d["payload_bytes"] / pixels,
+                                  **{k: d[k] for k in BITSTREAM_STAT_COLUMNS})
                     _, original = load_verified(root, row)
                     decoded = decode_png_bytes(pack.read(decoded_entry(row.item)), f"{decoded_pack}:{row.item}")
                     record.update(compute_metrics(metrics, original, decoded), status="ok", error="")

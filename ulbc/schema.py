@@ -38,8 +38,18 @@ METRIC_ROW_SCHEMA = pa.schema(
         pa.field("git_commit", pa.string()),
         pa.field("config_hash", pa.string()),
         pa.field("library_versions", pa.string()),  # JSON {package: version}
+        # Read from the bitstream by codecs that report them (null otherwise): the rate split of the
+        # overfitted codecs (network parameters, LotteryCodec mask, latents; the rest of 8*bytes is
+        # headers) and the decoder's multiply-accumulates per pixel.
+        pa.field("bits_nn", pa.float64()),
+        pa.field("bits_mask", pa.float64()),
+        pa.field("bits_latent", pa.float64()),
+        pa.field("macs_per_pixel", pa.float64()),
+        pa.field("encode_info", pa.string()),  # JSON of encoder-side facts (training time, estimated rate, ...)
     ]
 )
+
+BITSTREAM_STAT_COLUMNS = ("bits_nn", "bits_mask", "bits_latent", "macs_per_pixel")
 
 METRIC_COLUMNS = ("psnr_rgb", "ms_ssim_rgb")
 TIMING_COLUMNS = ("encode_s", "decode_s")

@@ -73,6 +73,7 @@ def read_and_decode(path: str | os.PathLike, *, device: str = "cpu") -> tuple[Co
 # Importing the modules registers their codecs.
 from . import pillow_codecs  # noqa: E402,F401
 from . import ffmpeg_codecs  # noqa: E402,F401
+from . import overfitted  # noqa: E402,F401
 
 __all__ = [
     "CODECS",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -17,6 +18,26 @@ def format_rate(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:g}"
+
+
+@dataclass
+class PayloadResult:
+    """What a codec's encoder produced for one image, before the container is put around it."""
+
+    params: bytes
+    payload: bytes
+    #: Encoder-side facts worth keeping with the result (JSON-serialisable): training time, the rate
+    #: the optimiser estimated, and so on.
+    info: dict[str, Any] = field(default_factory=dict)
+    #: The encoder's own reconstruction (H, W, 3) uint8, when it computes one.
+    reconstruction: np.ndarray | None = None
+
+
+@dataclass
+class EncodeResult:
+    data: bytes  # the complete bitstream file
+    info: dict[str, Any]
+    reconstruction: np.ndarray | None
 
 
 class Codec(ABC):
@@ -83,23 +104,54 @@ class Codec(ABC):
     def decode_payload(self, params: bytes, payload: bytes, width: int, height: int, *, device: str) -> np.ndarray:
         """Decode back to an (H, W, 3) uint8 RGB array."""
 
-    def encode(self, image: np.ndarray, rate: float, *, device: str = "cpu", seed: int = 0, name: str = "<image>") -> bytes:
-        """Encode ``image`` at ``rate`` into a complete ulbc bitstream (container included)."""
+    def batch_size(self, device: str = "cpu") -> int:
+        """How many same-size images the encoder optimises together on ``device`` (1: one at a time)."""
+        return 1
+
+    def encode_payload_batch(self, images: Sequence[np.ndarray], rate: float, *, device: str,
+                             seeds: Sequence[int]) -> list[PayloadResult]:
+        """Encode same-size images together; the default encodes them one by one."""
+        return [PayloadResult(*self.encode_payload(img, rate, device=device, seed=s)) for img, s in zip(images, seeds)]
+
+    def bitstream_stats(self, params: bytes, payload: bytes, width: int, height: int) -> dict[str, float]:
+        """Facts read from a bitstream (rate split, decoder MAC/pixel); empty when the codec has none."""
+        return {}
+
+    def _check_image(self, image: np.ndarray, name: str) -> None:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"{name}: expected an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
         min_w, min_h = self.min_size
         if width < min_w or height < min_h:
             raise InputError(f"{name}: {width}x{height} is smaller than {self.name}'s minimum {min_w}x{min_h}")
+
+    def encode_batch(self, images: Sequence[np.ndarray], rate: float, *, device: str = "cpu",
+                     seeds: Sequence[int], names: Sequence[str]) -> list[EncodeResult]:
+        """Encode images of one size into complete bitstreams; an error names the first image."""
+        for image, name in zip(images, names):
+            self._check_image(image, name)
+        if len({img.shape for img in images}) > 1:
+            raise InputError(f"{names[0]}: a batch must hold images of one size")
         rate = self.check_rate(rate)
+        label = names[0] if len(names) == 1 else f"{names[0]} (and {len(names) - 1} more in its batch)"
         try:
-            params, payload = self.encode_payload(image, rate, device=device, seed=seed)
+            results = self.encode_payload_batch(images, rate, device=device, seeds=seeds)
         except UlbcError as exc:
-            raise type(exc)(f"{name}: {exc}") from None
+            raise type(exc)(f"{label}: {exc}") from None
         except (ValueError, OSError, RuntimeError, MemoryError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise EncodeError(f"{name}: {self.name} encoder failed ({first})") from None
-        return bitstream.Container(self.codec_id, width, height, params, payload).to_bytes()
+            raise EncodeError(f"{label}: {self.name} encoder failed ({first})") from None
+        height, width = images[0].shape[:2]
+        return [EncodeResult(bitstream.Container(self.codec_id, width, height, r.params, r.payload).to_bytes(),
+                             r.info, r.reconstruction) for r in results]
+
+    def encode_result(self, image: np.ndarray, rate: float, *, device: str = "cpu", seed: int = 0,
+                      name: str = "<image>") -> EncodeResult:
+        return self.encode_batch([image], rate, device=device, seeds=[seed], names=[name])[0]
+
+    def encode(self, image: np.ndarray, rate: float, *, device: str = "cpu", seed: int = 0, name: str = "<image>") -> bytes:
+        """Encode ``image`` at ``rate`` into a complete ulbc bitstream (container included)."""
+        return self.encode_result(image, rate, device=device, seed=seed, name=name).data
 
 
 def decode_container(container: bitstream.Container, codec: Codec, *, device: str = "cpu", name: str = "<bitstream>") -> np.ndarray:

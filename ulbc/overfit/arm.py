@@ -1,0 +1,241 @@
+"""The auto-regressive entropy model (ARM) of the latent grids, and their range coding.
+
+Each latent element is coded under a discretised Laplace whose mean and scale a tiny MLP predicts
+from the element's causal neighbourhood in its own grid (already decoded values, zero outside the
+grid). One MLP, batched over models (leading dimension B), serves every grid and position:
+
+    h_1 = relu(W_1 c + b_1 + c),  h_2 = relu(W_2 h_1 + b_2 + h_1),  (mu, s) = W_o h_2 + b_o,
+    scale = exp(clip(s - 4, -4.6, 5))
+
+Training uses the float path; coding uses :mod:`.fixedpoint` so that encoder and decoder feed the
+range coder identical parameters on every machine. ReLU (not GELU) keeps the hidden layers exact.
+
+Coding order: grids are interleaved by **wavefront**. Element (r, c) of a grid belongs to wavefront
+``c + K r`` with K one more than the furthest column to the right the context reaches in the rows
+above, so every element of a wavefront depends only on earlier wavefronts; the decoder runs
+``W + K H`` vectorised steps rather than ``W H`` scalar ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import BitstreamError
+from . import fixedpoint as fx
+from .networks import batched_linear
+
+#: The context is taken from the causal half of a (2R+1) x (2R+1) window.
+CONTEXT_RADIUS = 4
+MAX_CONTEXT = CONTEXT_RADIUS * (2 * CONTEXT_RADIUS + 1) + CONTEXT_RADIUS  # 40
+#: log-scale clip of the Laplace (LotteryCodec's bounds) and the offset applied before it.
+LOG_SCALE_MIN, LOG_SCALE_MAX, LOG_SCALE_OFFSET = -4.6, 5.0, 4.0
+#: The coder snaps log-scales to this grid (1/256) so scales come from one table.
+LOG_SCALE_STEPS = 256
+#: Smallest probability an element is given while training (the coder's 16-bit floor).
+MIN_PROBABILITY = 2.0**-16
+
+
+@lru_cache(maxsize=None)
+def context_offsets(n_context: int) -> tuple[tuple[int, int], ...]:
+    """The first ``n_context`` causal (row, column) offsets, nearest first (ties: upper, then left)."""
+    if not 1 <= n_context <= MAX_CONTEXT:
+        raise ValueError(f"ARM context size must be in 1..{MAX_CONTEXT}, got {n_context}")
+    r = CONTEXT_RADIUS
+    causal = [(dr, dc) for dr in range(-r, 1) for dc in range(-r, r + 1) if dr < 0 or dc < 0]
+    causal.sort(key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0], o[1]))
+    return tuple(causal[:n_context])
+
+
+def wavefront_stride(n_context: int) -> int:
+    """K in the wavefront index c + K r (one more than the context's reach to the right)."""
+    return 1 + max([dc for dr, dc in context_offsets(n_context) if dr < 0] + [0])
+
+
+def gather_contexts(grid: torch.Tensor, n_context: int) -> torch.Tensor:
+    """(B, h, w) grid -> (B, h*w, C) causal contexts (zero outside the grid); differentiable."""
+    b, h, w = grid.shape
+    r = CONTEXT_RADIUS
+    padded = torch.nn.functional.pad(grid, (r, r, r, 0))
+    cols = [padded[:, r + dr : r + dr + h, r + dc : r + dc + w] for dr, dc in context_offsets(n_context)]
+    return torch.stack(cols, dim=-1).reshape(b, h * w, n_context)
+
+
+class ARM(nn.Module):
+    """Residual MLP from a context vector to the Laplace (mean, raw log-scale), one per model."""
+
+    def __init__(self, n_context: int, n_hidden: int, generators: list[torch.Generator]) -> None:
+        super().__init__()
+        batch = len(generators)
+        context_offsets(n_context)  # validates
+        self.n_context, self.n_hidden = n_context, n_hidden
+        c = n_context
+        # Hidden layers start at zero (pure residual); the output layer is small and random.
+        self.hidden_weight = nn.ParameterList([nn.Parameter(torch.zeros(batch, c, c)) for _ in range(n_hidden)])
+        self.hidden_bias = nn.ParameterList([nn.Parameter(torch.zeros(batch, c)) for _ in range(n_hidden)])
+        self.out_weight = nn.Parameter(torch.stack([torch.randn(2, c, generator=g) / 4.0 for g in generators]))
+        self.out_bias = nn.Parameter(torch.zeros(batch, 2))
+
+    def forward(self, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, C) contexts -> mean and log-scale, each (B, N)."""
+        h = contexts
+        for w, b in zip(self.hidden_weight, self.hidden_bias):
+            h = torch.relu(batched_linear(h, w, b) + h)
+        out = batched_linear(h, self.out_weight, self.out_bias)
+        log_scale = (out[..., 1] - LOG_SCALE_OFFSET).clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
+        return out[..., 0], log_scale
+
+    def param_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters()]
+
+    def macs_per_element(self) -> int:
+        c = self.n_context
+        return self.n_hidden * c * c + 2 * c
+
+
+def laplace_bits(values: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Code length in bits of integers (or their training proxies) under a discretised Laplace."""
+    scale = torch.exp(log_scale)
+    upper = (values - mean + 0.5) / scale
+    lower = (values - mean - 0.5) / scale
+    # P = F(upper) - F(lower), F the Laplace CDF. With both exponentials bounded by 1 there is no
+    # overflow in any branch and no cancellation in the tails.
+    e_lower, e_upper = torch.exp(-lower.abs()), torch.exp(-upper.abs())
+    prob = torch.where(lower >= 0, 0.5 * (e_lower - e_upper),
+                       torch.where(upper <= 0, 0.5 * (e_upper - e_lower), 1.0 - 0.5 * (e_lower + e_upper)))
+    return -torch.log2(prob.clamp_min(MIN_PROBABILITY))
+
+
+# -- fixed-point evaluation and range coding ---------------------------------------------------------
+@dataclass(frozen=True)
+class QuantizedARM:
+    """One model's ARM as the bitstream carries it: per layer (weight, bias) integer tensors (float64)
+    with the exponents e of their steps 2^-e; the last layer is the output layer."""
+
+    layers: list[tuple[tuple[torch.Tensor, int], tuple[torch.Tensor, int]]]
+
+    @classmethod
+    def from_params(cls, params, n_hidden: int, prefix: str = "arm.") -> "QuantizedARM":
+        layers = [(params[f"{prefix}hidden_weight.{i}"], params[f"{prefix}hidden_bias.{i}"]) for i in range(n_hidden)]
+        layers.append((params[f"{prefix}out_weight"], params[f"{prefix}out_bias"]))
+        return cls(layers)
+
+    @property
+    def n_context(self) -> int:
+        return int(self.layers[-1][0][0].shape[1])
+
+    def evaluate(self, contexts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(N, C) integer latents -> (means, scales) as float64 arrays, identical on every machine."""
+        x = (contexts.to(torch.float64) * fx.ONE)[None]
+        for i, ((w, we), (b, be)) in enumerate(self.layers):
+            y = fx.linear(x, w[None], we, b[None], be, f"ARM layer {i}")
+            x = fx.relu(y + x) if i < len(self.layers) - 1 else y
+        out = x[0]
+        mean = (out[:, 0] / fx.ONE).numpy()
+        # log-scale on a 1/256 grid, then a table of exp values.
+        shift = fx.ACT_FRAC_BITS - int(math.log2(LOG_SCALE_STEPS))
+        index = fx.round_shift(out[:, 1] - LOG_SCALE_OFFSET * fx.ONE, shift)
+        index = index.clamp(_SCALE_INDEX_MIN, _SCALE_INDEX_MAX)
+        scales = _scale_table()[(index.to(torch.int64) - _SCALE_INDEX_MIN).numpy()]
+        return mean, scales
+
+
+_SCALE_INDEX_MIN = math.ceil(LOG_SCALE_MIN * LOG_SCALE_STEPS)
+_SCALE_INDEX_MAX = math.floor(LOG_SCALE_MAX * LOG_SCALE_STEPS)
+
+
+@lru_cache(maxsize=None)
+def _scale_table() -> np.ndarray:
+    return np.array([math.exp(i / LOG_SCALE_STEPS) for i in range(_SCALE_INDEX_MIN, _SCALE_INDEX_MAX + 1)])
+
+
+@dataclass(frozen=True)
+class CodingPlan:
+    """Where every latent element sits in the coding order, and where its context comes from.
+
+    Elements of all grids live in one flat buffer (grid after grid, row-major) followed by one
+    always-zero slot that out-of-grid context positions point to.
+    """
+
+    order: np.ndarray  # flat element indices in coding order
+    contexts: np.ndarray  # (n_elements, C) flat indices of each element's context, in coding order
+    step_bounds: np.ndarray  # coding-order positions where each wavefront starts, plus the end
+    n_elements: int
+
+
+def coding_plan(shapes: list[tuple[int, int]], n_context: int) -> CodingPlan:
+    offsets = context_offsets(n_context)
+    stride = wavefront_stride(n_context)
+    starts = np.cumsum([0] + [h * w for h, w in shapes])
+    n_elements = int(starts[-1])
+    zero_slot = n_elements
+    keys, flat, ctx = [], [], []
+    for g, (h, w) in enumerate(shapes):
+        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        rows, cols = rows.reshape(-1), cols.reshape(-1)
+        keys.append(np.stack([cols + stride * rows, np.full(rows.shape, g), rows]))
+        flat.append(starts[g] + rows * w + cols)
+        idx = np.empty((rows.size, len(offsets)), dtype=np.int64)
+        for j, (dr, dc) in enumerate(offsets):
+            rr, cc = rows + dr, cols + dc
+            inside = (rr >= 0) & (cc >= 0) & (cc < w)
+            idx[:, j] = np.where(inside, starts[g] + rr * w + cc, zero_slot)
+        ctx.append(idx)
+    keys_all = np.concatenate(keys, axis=1)
+    perm = np.lexsort((keys_all[2], keys_all[1], keys_all[0]))  # wavefront, then grid, then row
+    wave = keys_all[0][perm]
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(wave)) + 1, [n_elements]])
+    return CodingPlan(np.concatenate(flat)[perm], np.concatenate(ctx)[perm], bounds, n_elements)
+
+
+def _laplace_family(bound: int):
+    import constriction
+
+    return constriction.stream.model.QuantizedLaplace(-bound, bound)
+
+
+def encode_latents(grids: list[np.ndarray], arm: QuantizedARM) -> tuple[bytes, int]:
+    """Range-code integer grids under the fixed-point ARM. Returns (stream, bound) where every
+    latent lies in [-bound, bound] (the decoder needs the bound)."""
+    import constriction
+
+    values = np.concatenate([g.reshape(-1) for g in grids]).astype(np.int64)
+    bound = int(np.abs(values).max()) if values.size else 0
+    if bound == 0:
+        return b"", 0  # all zero: nothing to send
+    plan = coding_plan([g.shape for g in grids], arm.n_context)
+    buffer = np.concatenate([values, [0]])
+    means, scales = arm.evaluate(torch.from_numpy(buffer[plan.contexts]))
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(values[plan.order].astype(np.int32), _laplace_family(bound), means, scales)
+    return encoder.get_compressed().astype("<u4").tobytes(), bound
+
+
+def decode_latents(data: bytes, shapes: list[tuple[int, int]], bound: int, arm: QuantizedARM) -> list[np.ndarray]:
+    """Inverse of :func:`encode_latents`, wavefront by wavefront."""
+    import constriction
+
+    plan = coding_plan(shapes, arm.n_context)
+    buffer = np.zeros(plan.n_elements + 1, dtype=np.int64)
+    if bound > 0:
+        if len(data) % 4:
+            raise BitstreamError("latent payload is not a whole number of 32-bit words")
+        decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        family = _laplace_family(bound)
+        for start, stop in zip(plan.step_bounds[:-1], plan.step_bounds[1:]):
+            means, scales = arm.evaluate(torch.from_numpy(buffer[plan.contexts[start:stop]]))
+            buffer[plan.order[start:stop]] = decoder.decode(family, means, scales)
+        if not decoder.maybe_exhausted():
+            raise BitstreamError("latent payload has data left over after the last element")
+    elif data:
+        raise BitstreamError("latent payload present although every latent is zero")
+    out, pos = [], 0
+    for h, w in shapes:
+        out.append(buffer[pos : pos + h * w].reshape(h, w))
+        pos += h * w
+    return out

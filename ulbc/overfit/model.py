@@ -1,0 +1,310 @@
+"""An overfitted image model: latent pyramid + ARM + upsampling + synthesis, batched over images.
+
+``OverfittedModel`` holds B independent models (one per image of a batch, or per warm-up
+candidate) in shared tensors. Its float forward is what training differentiates; the decoder's
+exact integer path lives in :func:`reconstruct` and :mod:`.stream`.
+
+Latents are stored divided by a fixed encoder gain (16, as Cool-chic and LotteryCodec): the
+decoder sees ``round(16 y)``, which works as a larger learning rate for the latents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from . import fixedpoint as fx
+from .arm import ARM, gather_contexts, laplace_bits
+from .networks import (
+    CoolChicSynthesis,
+    LotteryShape,
+    LotterySynthesis,
+    QParams,
+    Upsampler,
+    grid_shape,
+    parse_layers,
+)
+from .nnquant import best_order_bits, quantize_tensor
+from .quantizers import gaussian_noise, soft_round
+
+LATENT_GAIN = 16.0
+KINDS = ("coolchic", "lottery")
+#: Cool-chic's decoder presets (synthesis layers, ARM context); HOP is Cool-chic 5's default.
+COOLCHIC_PRESETS = {
+    "lop": ("8-1-linear-relu,3-1-linear-none,3-3-residual-none", 8),
+    "mop": ("16-1-linear-relu,3-1-linear-none,3-3-residual-relu,3-3-residual-none", 12),
+    "hop": ("48-1-linear-relu,3-1-linear-none,3-3-residual-relu,3-3-residual-none", 16),
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything the decoder needs to rebuild the networks (it is written in the header)."""
+
+    kind: str
+    n_grids: int = 7
+    arm_context: int = 16
+    arm_hidden: int = 2
+    synthesis: str = COOLCHIC_PRESETS["hop"][0]  # coolchic only
+    mod_channels: int = 48  # lottery only
+    hidden: tuple[int, int, int] = (32, 24, 16)  # lottery only
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown overfitted model kind {self.kind!r}")
+        if not 1 <= self.n_grids <= 12:
+            raise ConfigError(f"n_grids must be in 1..12, got {self.n_grids}")
+        if not 0 <= self.arm_hidden <= 4:
+            raise ConfigError(f"arm_hidden must be in 0..4, got {self.arm_hidden}")
+        if not 1 <= self.mod_channels <= 256 or len(self.hidden) != 3 or not all(1 <= h <= 256 for h in self.hidden):
+            raise ConfigError("lottery widths must be in 1..256")
+        parse_layers(self.synthesis)
+
+    @property
+    def lottery_shape(self) -> LotteryShape:
+        return LotteryShape(self.n_grids, self.mod_channels, tuple(self.hidden))
+
+    @property
+    def shared_upsampling(self) -> bool:
+        return self.kind == "lottery"
+
+    def grid_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
+        return [grid_shape(height, width, i) for i in range(self.n_grids)]
+
+
+@dataclass(frozen=True)
+class QuantGroup:
+    """Parameters that share one quantisation step, and the exponents e (step 2^-e) to try."""
+
+    names: tuple[str, ...]
+    exponents: tuple[int, ...]
+
+
+def _init_seed(seed: int) -> int:
+    # Initial values use a stream of their own, distinct from the random network's seed.
+    return (int(seed) * 0x9E3779B1 + 0x5EED) % (1 << 63)
+
+
+class OverfittedModel(nn.Module):
+    def __init__(self, arch: Architecture, height: int, width: int, seeds: list[int], keep_ratio: float = 1.0) -> None:
+        super().__init__()
+        self.arch, self.height, self.width = arch, height, width
+        self.seeds, self.keep_ratio = [int(s) for s in seeds], keep_ratio
+        batch = len(seeds)
+        gens = [torch.Generator().manual_seed(_init_seed(s)) for s in seeds]
+        self.shapes = arch.grid_shapes(height, width)
+        self.latents = nn.ParameterList([nn.Parameter(torch.zeros(batch, h, w)) for h, w in self.shapes])
+        self.arm = ARM(arch.arm_context, arch.arm_hidden, gens)
+        self.upsampler = Upsampler(batch, arch.n_grids, arch.shared_upsampling)
+        if arch.kind == "coolchic":
+            self.synthesis: nn.Module = CoolChicSynthesis(arch.n_grids, arch.synthesis, gens)
+        else:
+            self.synthesis = LotterySynthesis(arch.lottery_shape, self.seeds, keep_ratio, gens)
+
+    @property
+    def batch(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def n_pixels(self) -> int:
+        return self.height * self.width
+
+    # -- parameters ------------------------------------------------------------------------------------
+    def network_names(self) -> list[str]:
+        """Names of the transmitted network parameters (not latents, not LotteryCodec's scores)."""
+        return [n for n, _ in self.named_parameters() if not n.startswith(("latents.", "synthesis.scores."))]
+
+    def quant_groups(self) -> dict[str, QuantGroup]:
+        """Step groups searched after training (Cool-chic's per-module grids of power-of-two steps)."""
+        names = self.network_names()
+
+        def pick(module: str, kind: str) -> tuple[str, ...]:
+            return tuple(n for n in names if n.startswith(module + ".") and kind in n)
+
+        arm_w, arm_b = pick("arm", "weight"), pick("arm", "bias")
+        syn_w, syn_b = pick("synthesis", "weight"), pick("synthesis", "bias")
+        return {
+            "arm.weight": QuantGroup(arm_w, tuple(range(0, 9))),
+            "arm.bias": QuantGroup(arm_b, tuple(range(0, 17))),
+            "upsampler.weight": QuantGroup(("upsampler.taps",), tuple(range(0, 13))),
+            "synthesis.weight": QuantGroup(syn_w, tuple(range(0, 13))),
+            "synthesis.bias": QuantGroup(syn_b, tuple(range(0, 25))),
+        }
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-model shapes of the transmitted parameters (what the decoder allocates)."""
+        params = dict(self.named_parameters())
+        return {n: tuple(params[n].shape[1:]) for n in self.network_names()}
+
+    def select(self, indices: list[int]) -> "OverfittedModel":
+        """A new model holding the chosen models (warm-up candidates that survive)."""
+        new = OverfittedModel(self.arch, self.height, self.width, [self.seeds[i] for i in indices], self.keep_ratio)
+        index = torch.tensor(indices)
+        src = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, p in new.named_parameters():
+                p.copy_(src[name].detach().cpu()[index])
+        return new.to(self.latents[0].device)
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def quantized_latents(self, mode: str, temperature: float = 0.3, sigma: float = 0.0,
+                          generators: list[torch.Generator] | None = None) -> list[torch.Tensor]:
+        """The latents as the decoder would see them (``hard``), or a training proxy of them:
+        ``ste`` (round forward, identity gradient) or ``softround+noise`` (Cool-chic 5)."""
+        out = []
+        for y in self.latents:
+            v = LATENT_GAIN * y
+            if mode == "hard":
+                out.append(torch.round(v).detach())
+            elif mode == "ste":
+                out.append(v + (torch.round(v) - v).detach())
+            elif mode == "softround+noise":
+                noise = torch.stack([gaussian_noise(v.shape[1:], sigma, g, device=v.device) for g in generators])
+                out.append(soft_round(soft_round(v, temperature) + noise, temperature))
+            else:
+                raise ValueError(f"unknown latent quantisation mode {mode!r}")
+        return out
+
+    def forward(self, latents_hat: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantised latents -> (image (B, H, W, 3), latent rate in bits (B,))."""
+        b = self.batch
+        contexts = torch.cat([gather_contexts(g, self.arch.arm_context) for g in latents_hat], dim=1)
+        values = torch.cat([g.reshape(b, -1) for g in latents_hat], dim=1)
+        mean, log_scale = self.arm(contexts)
+        bits = laplace_bits(values, mean, log_scale).sum(dim=1)
+        image = self.synthesis(self.upsampler(latents_hat))
+        return image, bits
+
+    def macs_per_pixel(self, kept_weights: int | None = None) -> float:
+        """Decoder multiply-accumulates per pixel: ARM (per latent element), upsampling, synthesis."""
+        elements = sum(h * w for h, w in self.shapes)
+        arm = self.arm.macs_per_element() * elements / self.n_pixels
+        up = Upsampler.macs_per_pixel(self.height, self.width, self.arch.n_grids)
+        if isinstance(self.synthesis, LotterySynthesis):
+            syn = self.synthesis.macs_per_pixel(kept_weights)
+        else:
+            syn = self.synthesis.macs_per_pixel()
+        return arm + up + syn
+
+
+# -- evaluation and network quantisation -------------------------------------------------------------
+def mse_per_model(image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (image - target).square().flatten(1).mean(dim=1)
+
+
+@torch.no_grad()
+def evaluate_hard(model: OverfittedModel, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mse, latent bits) per model with the latents rounded as the decoder sees them."""
+    image, bits = model(model.quantized_latents("hard"))
+    return mse_per_model(image.clamp(0, 1), target), bits
+
+
+@contextlib.contextmanager
+def swapped_parameters(model: OverfittedModel, values: dict[str, torch.Tensor]):
+    """Temporarily replace parameters (e.g. by their quantised values)."""
+    params = dict(model.named_parameters())
+    saved = {n: params[n].detach().clone() for n in values}
+    try:
+        with torch.no_grad():
+            for n, v in values.items():
+                params[n].copy_(v)
+        yield
+    finally:
+        with torch.no_grad():
+            for n, v in saved.items():
+                params[n].copy_(v)
+
+
+def _fake_quantized(p: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """Per-model rounding of (B, ...) to steps 2^-e_b."""
+    steps = torch.pow(2.0, -exponents.to(p.dtype)).reshape(-1, *([1] * (p.dim() - 1))).to(p.device)
+    return torch.round(p.detach() / steps) * steps
+
+
+@dataclass
+class NetworkQuantization:
+    """Chosen step exponent per group and per model, and the resulting NN rate."""
+
+    exponents: dict[str, list[int]]
+    nn_bits: list[float]
+    table: dict[str, list[list[float]]] = field(default_factory=dict, repr=False)
+
+    def steps_for(self, groups: dict[str, QuantGroup], b: int) -> dict[str, float]:
+        return {n: 2.0 ** -self.exponents[g][b] for g, grp in groups.items() for n in grp.names}
+
+
+def _group_bits(params: dict[str, torch.Tensor], names: tuple[str, ...], b: int, exponent: int) -> float:
+    return float(sum(best_order_bits(quantize_tensor(params[n][b], 2.0**-exponent))[0] for n in names))
+
+
+@torch.no_grad()
+def search_network_steps(model: OverfittedModel, target: torch.Tensor, lmbda: float) -> NetworkQuantization:
+    """Choose each group's quantisation step per model by RD cost, one group at a time.
+
+    Cost = MSE + λ (latent bits + network bits) / pixels, with hard-rounded latents and every already
+    decided group quantised. Groups are searched in order (ARM, upsampling, synthesis; weights before
+    biases), each over its exponent grid — a coordinate descent through Cool-chic's grids rather than
+    its exhaustive (Δw, Δb) product, ~80 forward passes instead of ~500, all B models at once.
+    """
+    groups = model.quant_groups()
+    params = {n: p for n, p in model.named_parameters()}
+    latents = model.quantized_latents("hard")
+    batch, pixels = model.batch, model.n_pixels
+    chosen: dict[str, list[int]] = {}
+    fixed: dict[str, torch.Tensor] = {}
+    fixed_bits = torch.zeros(batch, dtype=torch.float64)
+    table: dict[str, list[list[float]]] = {}
+    for gname, group in groups.items():
+        if not group.names:
+            continue
+        costs, bits_by_e = [], []
+        for e in group.exponents:
+            exps = torch.full((batch,), e)
+            trial = {n: _fake_quantized(params[n], exps) for n in group.names}
+            gbits = torch.tensor([_group_bits(params, group.names, b, e) for b in range(batch)], dtype=torch.float64)
+            with swapped_parameters(model, {**fixed, **trial}):
+                image, lat_bits = model(latents)
+            mse = mse_per_model(image.clamp(0, 1), target).double().cpu()
+            cost = mse + lmbda * (lat_bits.double().cpu() + fixed_bits + gbits) / pixels
+            costs.append(torch.where(torch.isfinite(cost), cost, torch.full_like(cost, math.inf)))
+            bits_by_e.append(gbits)
+        cost_table = torch.stack(costs)  # (n_exponents, B); ties go to the coarser step (first)
+        best = cost_table.argmin(dim=0)
+        exps = torch.tensor([group.exponents[int(i)] for i in best])
+        chosen[gname] = [int(e) for e in exps]
+        fixed.update({n: _fake_quantized(params[n], exps) for n in group.names})
+        fixed_bits += torch.stack(bits_by_e)[best, torch.arange(batch)]
+        table[gname] = cost_table.tolist()
+    return NetworkQuantization(chosen, fixed_bits.tolist(), table)
+
+
+def model_slice(model: OverfittedModel, b: int) -> dict[str, torch.Tensor]:
+    """One model's transmitted network parameters (float), by name."""
+    params = dict(model.named_parameters())
+    return {n: params[n][b].detach().cpu() for n in model.network_names()}
+
+
+def latent_integers(model: OverfittedModel, b: int) -> list[np.ndarray]:
+    return [torch.round(LATENT_GAIN * y[b]).detach().cpu().numpy().astype(np.int64) for y in model.latents]
+
+
+# -- the decoder's exact reconstruction ------------------------------------------------------------------
+def reconstruct(arch: Architecture, height: int, width: int, params: QParams, grids: list[np.ndarray],
+                masks: list[np.ndarray] | None = None, seed: int = 0, device: str = "cpu") -> np.ndarray:
+    """Integer latents + quantised networks -> (H, W, 3) uint8, bit-exact on any device."""
+    dev = torch.device(device)
+    q = {n: (t.to(dev), e) for n, (t, e) in params.items()}
+    stack_in = [torch.from_numpy(g.astype(np.float64)).to(dev)[None] * fx.ONE for g in grids]
+    stack = Upsampler.fixed(stack_in, q, arch.shared_upsampling)
+    if arch.kind == "coolchic":
+        image = CoolChicSynthesis.fixed(parse_layers(arch.synthesis), stack, q)
+    else:
+        mask_tensors = [torch.from_numpy(np.asarray(m, dtype=np.float64)) for m in masks]
+        image = LotterySynthesis.fixed(stack, q, mask_tensors, seed, arch.lottery_shape)
+    return image.cpu().numpy().astype(np.uint8)
