@@ -87,15 +87,16 @@ def test_context_offsets_are_causal_and_nearest_first():
         context_offsets(41)
 
 
-@pytest.mark.parametrize("n_context", [2, 16, 24])
-def test_coding_plan_agrees_with_training_contexts_and_is_decodable(n_context):
-    shapes = [(5, 7), (3, 4), (1, 1)]
+@pytest.mark.parametrize("n_context,n_coarse", [(2, 0), (16, 0), (24, 0), (12, 5), (4, 9)])
+def test_coding_plan_agrees_with_training_contexts_and_is_decodable(n_context, n_coarse):
+    shapes = [(5, 7), (3, 4), (2, 2), (1, 1)]
     grids = [torch.arange(1, 1 + h * w, dtype=torch.float64).reshape(1, h, w) * (g + 1) for g, (h, w) in enumerate(shapes)]
-    plan = coding_plan(shapes, n_context)
+    plan = coding_plan(shapes, n_context, n_coarse)
     flat = np.concatenate([g.reshape(-1).numpy() for g in grids] + [np.zeros(1)])
     inverse = np.empty_like(plan.order)
     inverse[plan.order] = np.arange(plan.n_elements)
-    trained = torch.cat([gather_contexts(g, n_context)[0] for g in grids]).numpy()
+    trained = torch.cat([gather_contexts(g, n_context, grids[i + 1] if i + 1 < len(grids) else None, n_coarse)[0]
+                         for i, g in enumerate(grids)]).numpy()
     assert np.array_equal(flat[plan.contexts][inverse], trained)
     # Every context element is decoded in an earlier wavefront (or is the zero slot).
     step_of = np.empty(plan.n_elements + 1, dtype=np.int64)
@@ -114,22 +115,24 @@ def test_laplace_bits_are_a_distribution():
         assert 1 - 2e-3 <= total <= 1 + len(values) * 2.0**-16, (mean, log_scale, total)
 
 
-def _random_arm(n_context: int, n_hidden: int, seed: int) -> QuantizedARM:
+def _random_arm(n_context: int, n_hidden: int, seed: int, n_coarse: int = 0) -> QuantizedARM:
     gen = torch.Generator().manual_seed(seed)
+    width = n_context + n_coarse
     layers = []
     for i in range(n_hidden + 1):
-        out = 2 if i == n_hidden else n_context
-        w = torch.round(torch.randn(out, n_context, generator=gen, dtype=torch.float64) * 2**6 / n_context)
+        out = 2 if i == n_hidden else width
+        w = torch.round(torch.randn(out, width, generator=gen, dtype=torch.float64) * 2**6 / width)
         b = torch.round(torch.randn(out, generator=gen, dtype=torch.float64) * 2**4)
         layers.append(((w, 6), (b, 4)))
-    return QuantizedARM(layers)
+    return QuantizedARM(layers, n_context, n_coarse)
 
 
-def test_latent_range_coding_round_trip_and_damage():
+@pytest.mark.parametrize("n_coarse", [0, 5])
+def test_latent_range_coding_round_trip_and_damage(n_coarse):
     shapes = [(9, 13), (5, 7), (3, 4)]
     rng = np.random.default_rng(1)
     grids = [np.rint(rng.laplace(0, 2.0 / (i + 1), s)).astype(np.int64) for i, s in enumerate(shapes)]
-    arm = _random_arm(12, 2, 3)
+    arm = _random_arm(12, 2, 3, n_coarse)
     data, bound = encode_latents(grids, arm)
     assert bound == max(int(np.abs(g).max()) for g in grids)
     decoded = decode_latents(data, shapes, bound, arm)

@@ -96,3 +96,31 @@ def test_corrupt_pack_entry_fails_decode(tmp_path, dataset):
     with pytest.raises(UlbcError, match=r"bad\.zip:p1\.ulb: .*checksum"):
         decode_shard(tmp_path / "bad.zip", tmp_path / "d.zip", tmp_path / "d.parquet", progress=False)
     assert not (tmp_path / "d.zip").exists() and not (tmp_path / "d.parquet").exists()
+
+
+def test_overfitted_codec_rows_carry_rate_split_and_encoder_facts(tmp_path):
+    """Same-size items are encoded as one batch; rows get bits_* and macs from the file."""
+    import json
+
+    from conftest import QUICK_OPTIONS
+
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    for i in range(2):
+        Image.fromarray(np.roll(base, 5 * i, axis=0)).save(root / f"t{i}.png")
+    manifest = tmp_path / "manifest.parquet"
+    build_manifest("toy", root, ["t0.png", "t1.png"], manifest)
+    spec = MethodSpec("lottery", "lottery", 1e-3, {**QUICK_OPTIONS["lottery"], "iterations": 40, "batch_size": 2})
+    _, table = run_all(tmp_path, manifest, spec)
+    df = table.to_pandas()
+    assert (df["status"] == "ok").all() and len(df) == 2
+    assert (df["bits_nn"] > 0).all() and (df["bits_mask"] > 0).all() and (df["bits_latent"] >= 0).all()
+    assert (df["bits_nn"] + df["bits_mask"] + df["bits_latent"] < 8 * df["bytes"]).all()
+    assert (df["macs_per_pixel"] > 0).all()
+    info = [json.loads(s) for s in df["encode_info"]]
+    assert all(i["batch"] == 2 and i["iterations"] == 40 for i in info)
+    # Classical codecs leave those columns empty.
+    _, classic = run_all(tmp_path / "c", manifest, MethodSpec("jpeg", "jpeg", 50))
+    assert classic.column("bits_nn").null_count == 2 and set(classic.column("encode_info").to_pylist()) == {""}

@@ -59,14 +59,24 @@ def cmd_encode(args) -> None:
     codec = get_codec(args.codec, **_parse_options(args.option, args.options))
     rate = args.rate if args.rate is not None else codec.default_rates[len(codec.default_rates) // 2]
     image = load_rgb(args.input)
+    device = resolve_device(args.device, codec.uses_gpu)
     start = time.perf_counter()
-    data = codec.encode(image, rate, device=resolve_device(args.device, codec.uses_gpu), seed=args.seed,
-                        name=str(args.input))
+    result = codec.encode_result(image, rate, device=device, seed=args.seed, name=str(args.input))
     elapsed = time.perf_counter() - start
-    write_bytes_atomic(args.output, data)
+    write_bytes_atomic(args.output, result.data)
+    if args.recon:
+        from .codecs import decode_bitstream
+        from .imageio import save_png
+
+        # Codecs that compute their own reconstruction report it; for the others it is the decoded file.
+        recon = result.reconstruction
+        if recon is None:
+            recon = decode_bitstream(result.data, device=device, name=str(args.output))[1]
+        save_png(recon, args.recon)
     h, w = image.shape[:2]
     print(json.dumps({"output": str(args.output), "codec": codec.name, "rate": codec.rate_label(rate),
-                      "bytes": len(data), "bpp": 8 * len(data) / (w * h), "encode_s": round(elapsed, 4)}))
+                      "bytes": len(result.data), "bpp": 8 * len(result.data) / (w * h), "encode_s": round(elapsed, 4),
+                      **({"encoder": result.info} if result.info else {})}))
 
 
 def cmd_decode(args) -> None:
@@ -301,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", metavar="JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--recon", metavar="PNG", help="also write the encoder's own reconstruction (PNG)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode a ulbc bitstream file to PNG (reads only the bitstream)")

@@ -25,11 +25,12 @@ _COMMON_OPTIONS: dict[str, Any] = {
     "iterations": 1000,  # optimisation budget per image (warm-up candidates count)
     "candidates": 3,  # warm-up initialisations per image; the best survives
     "warmup_iterations": 100,
-    "final_iterations": 400,  # fine-tuning with the latents frozen at their rounded values
+    "final_iterations": 200,  # fine-tuning with the latents frozen at their rounded values
     "lr": 1e-2,
     "n_grids": 7,
     "arm_context": 16,
     "arm_hidden": 2,
+    "arm_coarse": 0,  # ARM context values from the next coarser grid (0, 1, 5 or 9)
     "batch_size": "auto",  # same-size images optimised together, one model each (auto: 8 on a GPU, 1 on CPU)
     "threads": 1,  # torch CPU threads per encode job (one per job scales best)
     "verify": True,  # decode the written bitstream and check it gives the encoder's image
@@ -56,9 +57,6 @@ class _OverfittedCodec(Codec):
                 raise ConfigError(f"codec {self.name!r}: option {key} must be a positive integer")
         self.architecture()  # validates the architecture options
         self.train_config()
-
-    def rate_label(self, rate: float) -> str:
-        return f"lambda{rate:g}"
 
     @classmethod
     def availability(cls) -> str | None:
@@ -196,7 +194,8 @@ class CoolChicCodec(_OverfittedCodec):
             raise ConfigError(f"codec 'coolchic': preset must be one of {sorted(COOLCHIC_PRESETS)}, got {o['preset']!r}")
         layers, _ = COOLCHIC_PRESETS[o["preset"]]
         return Architecture("coolchic", n_grids=o["n_grids"], arm_context=o["arm_context"],
-                            arm_hidden=o["arm_hidden"], synthesis=o["synthesis"] or layers)
+                            arm_hidden=o["arm_hidden"], arm_coarse=o["arm_coarse"],
+                            synthesis=o["synthesis"] or layers)
 
 
 @register_codec
@@ -216,6 +215,7 @@ class LotteryCodec(_OverfittedCodec):
         if not isinstance(hidden, (list, tuple)) or len(hidden) != 3:
             raise ConfigError("codec 'lottery': option hidden must be three layer widths")
         return Architecture("lottery", n_grids=o["n_grids"], arm_context=o["arm_context"], arm_hidden=o["arm_hidden"],
+                            arm_coarse=o["arm_coarse"],
                             mod_channels=int(o["mod_channels"]), hidden=tuple(int(h) for h in hidden))
 
     def keep_ratio(self) -> float:

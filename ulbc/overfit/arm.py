@@ -10,10 +10,15 @@ grid). One MLP, batched over models (leading dimension B), serves every grid and
 Training uses the float path; coding uses :mod:`.fixedpoint` so that encoder and decoder feed the
 range coder identical parameters on every machine. ReLU (not GELU) keeps the hidden layers exact.
 
-Coding order: grids are interleaved by **wavefront**. Element (r, c) of a grid belongs to wavefront
-``c + K r`` with K one more than the furthest column to the right the context reaches in the rows
-above, so every element of a wavefront depends only on earlier wavefronts; the decoder runs
-``W + K H`` vectorised steps rather than ``W H`` scalar ones.
+The context is ``n_context`` causal neighbours in the element's own grid plus, optionally,
+``n_coarse`` values of the next coarser grid around the co-located element (a cross-scale context
+in the spirit of Cool-chic 5's inter-feature context); positions outside a grid read zero.
+
+Coding order: grids from the coarsest to the finest (so a grid's coarser neighbour is complete
+before it starts); inside a grid, by **wavefront**. Element (r, c) belongs to wavefront ``c + K r``
+with K one more than the furthest column to the right the context reaches in the rows above, so
+every element of a wavefront depends only on earlier wavefronts; the decoder runs about ``W + K H``
+vectorised steps per grid rather than ``W H`` scalar ones.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from .networks import batched_linear
 #: The context is taken from the causal half of a (2R+1) x (2R+1) window.
 CONTEXT_RADIUS = 4
 MAX_CONTEXT = CONTEXT_RADIUS * (2 * CONTEXT_RADIUS + 1) + CONTEXT_RADIUS  # 40
+#: Coarser-grid positions around the co-located element, in the order they are added to the context.
+COARSE_OFFSETS = ((0, 0), (-1, 0), (0, -1), (0, 1), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1))
 #: log-scale clip of the Laplace (LotteryCodec's bounds) and the offset applied before it.
 LOG_SCALE_MIN, LOG_SCALE_MAX, LOG_SCALE_OFFSET = -4.6, 5.0, 4.0
 #: The coder snaps log-scales to this grid (1/256) so scales come from one table.
@@ -57,24 +64,41 @@ def wavefront_stride(n_context: int) -> int:
     return 1 + max([dc for dr, dc in context_offsets(n_context) if dr < 0] + [0])
 
 
-def gather_contexts(grid: torch.Tensor, n_context: int) -> torch.Tensor:
-    """(B, h, w) grid -> (B, h*w, C) causal contexts (zero outside the grid); differentiable."""
+def check_coarse(n_coarse: int) -> int:
+    if not 0 <= n_coarse <= len(COARSE_OFFSETS):
+        raise ValueError(f"coarse ARM context size must be in 0..{len(COARSE_OFFSETS)}, got {n_coarse}")
+    return n_coarse
+
+
+def gather_contexts(grid: torch.Tensor, n_context: int, coarse: torch.Tensor | None = None,
+                    n_coarse: int = 0) -> torch.Tensor:
+    """(B, h, w) grid -> (B, h*w, n_context + n_coarse) contexts (zero outside the grids);
+    differentiable. ``coarse`` is the next coarser grid (None for the coarsest grid)."""
     b, h, w = grid.shape
     r = CONTEXT_RADIUS
     padded = torch.nn.functional.pad(grid, (r, r, r, 0))
     cols = [padded[:, r + dr : r + dr + h, r + dc : r + dc + w] for dr, dc in context_offsets(n_context)]
-    return torch.stack(cols, dim=-1).reshape(b, h * w, n_context)
+    if n_coarse:
+        if coarse is None:
+            cols += [torch.zeros_like(grid)] * n_coarse
+        else:
+            cp = torch.nn.functional.pad(coarse, (1, 1, 1, 1))
+            rows = torch.arange(h, device=grid.device) // 2 + 1
+            cols_idx = torch.arange(w, device=grid.device) // 2 + 1
+            for dr, dc in COARSE_OFFSETS[:n_coarse]:
+                cols.append(cp[:, (rows + dr)[:, None], (cols_idx + dc)[None, :]])
+    return torch.stack(cols, dim=-1).reshape(b, h * w, len(cols))
 
 
 class ARM(nn.Module):
     """Residual MLP from a context vector to the Laplace (mean, raw log-scale), one per model."""
 
-    def __init__(self, n_context: int, n_hidden: int, generators: list[torch.Generator]) -> None:
+    def __init__(self, n_context: int, n_hidden: int, generators: list[torch.Generator], n_coarse: int = 0) -> None:
         super().__init__()
         batch = len(generators)
         context_offsets(n_context)  # validates
-        self.n_context, self.n_hidden = n_context, n_hidden
-        c = n_context
+        self.n_context, self.n_coarse, self.n_hidden = n_context, check_coarse(n_coarse), n_hidden
+        c = n_context + n_coarse
         # Hidden layers start at zero (pure residual); the output layer is small and random.
         self.hidden_weight = nn.ParameterList([nn.Parameter(torch.zeros(batch, c, c)) for _ in range(n_hidden)])
         self.hidden_bias = nn.ParameterList([nn.Parameter(torch.zeros(batch, c)) for _ in range(n_hidden)])
@@ -94,7 +118,7 @@ class ARM(nn.Module):
         return [n for n, _ in self.named_parameters()]
 
     def macs_per_element(self) -> int:
-        c = self.n_context
+        c = self.n_context + self.n_coarse
         return self.n_hidden * c * c + 2 * c
 
 
@@ -118,16 +142,15 @@ class QuantizedARM:
     with the exponents e of their steps 2^-e; the last layer is the output layer."""
 
     layers: list[tuple[tuple[torch.Tensor, int], tuple[torch.Tensor, int]]]
+    n_context: int
+    n_coarse: int = 0
 
     @classmethod
-    def from_params(cls, params, n_hidden: int, prefix: str = "arm.") -> "QuantizedARM":
+    def from_params(cls, params, n_hidden: int, n_context: int, n_coarse: int = 0,
+                    prefix: str = "arm.") -> "QuantizedARM":
         layers = [(params[f"{prefix}hidden_weight.{i}"], params[f"{prefix}hidden_bias.{i}"]) for i in range(n_hidden)]
         layers.append((params[f"{prefix}out_weight"], params[f"{prefix}out_bias"]))
-        return cls(layers)
-
-    @property
-    def n_context(self) -> int:
-        return int(self.layers[-1][0][0].shape[1])
+        return cls(layers, n_context, n_coarse)
 
     def evaluate(self, contexts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(N, C) integer latents -> (means, scales) as float64 arrays, identical on every machine."""
@@ -168,7 +191,7 @@ class CodingPlan:
     n_elements: int
 
 
-def coding_plan(shapes: list[tuple[int, int]], n_context: int) -> CodingPlan:
+def coding_plan(shapes: list[tuple[int, int]], n_context: int, n_coarse: int = 0) -> CodingPlan:
     offsets = context_offsets(n_context)
     stride = wavefront_stride(n_context)
     starts = np.cumsum([0] + [h * w for h, w in shapes])
@@ -178,18 +201,28 @@ def coding_plan(shapes: list[tuple[int, int]], n_context: int) -> CodingPlan:
     for g, (h, w) in enumerate(shapes):
         rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         rows, cols = rows.reshape(-1), cols.reshape(-1)
-        keys.append(np.stack([cols + stride * rows, np.full(rows.shape, g), rows]))
+        wave = cols + stride * rows
+        # Coarsest grid first; a grid's wavefronts are numbered after all those of coarser grids.
+        keys.append(np.stack([np.full(rows.shape, len(shapes) - 1 - g), wave, rows]))
         flat.append(starts[g] + rows * w + cols)
-        idx = np.empty((rows.size, len(offsets)), dtype=np.int64)
+        idx = np.empty((rows.size, len(offsets) + n_coarse), dtype=np.int64)
         for j, (dr, dc) in enumerate(offsets):
             rr, cc = rows + dr, cols + dc
             inside = (rr >= 0) & (cc >= 0) & (cc < w)
             idx[:, j] = np.where(inside, starts[g] + rr * w + cc, zero_slot)
+        for j, (dr, dc) in enumerate(COARSE_OFFSETS[:n_coarse], start=len(offsets)):
+            if g + 1 >= len(shapes):
+                idx[:, j] = zero_slot
+                continue
+            ch, cw = shapes[g + 1]
+            rr, cc = rows // 2 + dr, cols // 2 + dc
+            inside = (rr >= 0) & (rr < ch) & (cc >= 0) & (cc < cw)
+            idx[:, j] = np.where(inside, starts[g + 1] + rr * cw + cc, zero_slot)
         ctx.append(idx)
     keys_all = np.concatenate(keys, axis=1)
-    perm = np.lexsort((keys_all[2], keys_all[1], keys_all[0]))  # wavefront, then grid, then row
-    wave = keys_all[0][perm]
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(wave)) + 1, [n_elements]])
+    perm = np.lexsort((keys_all[2], keys_all[1], keys_all[0]))  # grid (coarse first), wavefront, row
+    step_key = keys_all[0][perm] * (int(keys_all[1].max()) + 1) + keys_all[1][perm]
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(step_key)) + 1, [n_elements]])
     return CodingPlan(np.concatenate(flat)[perm], np.concatenate(ctx)[perm], bounds, n_elements)
 
 
@@ -208,7 +241,7 @@ def encode_latents(grids: list[np.ndarray], arm: QuantizedARM) -> tuple[bytes, i
     bound = int(np.abs(values).max()) if values.size else 0
     if bound == 0:
         return b"", 0  # all zero: nothing to send
-    plan = coding_plan([g.shape for g in grids], arm.n_context)
+    plan = coding_plan([g.shape for g in grids], arm.n_context, arm.n_coarse)
     buffer = np.concatenate([values, [0]])
     means, scales = arm.evaluate(torch.from_numpy(buffer[plan.contexts]))
     encoder = constriction.stream.queue.RangeEncoder()
@@ -220,7 +253,7 @@ def decode_latents(data: bytes, shapes: list[tuple[int, int]], bound: int, arm: 
     """Inverse of :func:`encode_latents`, wavefront by wavefront."""
     import constriction
 
-    plan = coding_plan(shapes, arm.n_context)
+    plan = coding_plan(shapes, arm.n_context, arm.n_coarse)
     buffer = np.zeros(plan.n_elements + 1, dtype=np.int64)
     if bound > 0:
         if len(data) % 4:

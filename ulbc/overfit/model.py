@@ -51,6 +51,7 @@ class Architecture:
     n_grids: int = 7
     arm_context: int = 16
     arm_hidden: int = 2
+    arm_coarse: int = 0  # coarser-grid context values (0, 1, 5 or 9)
     synthesis: str = COOLCHIC_PRESETS["hop"][0]  # coolchic only
     mod_channels: int = 48  # lottery only
     hidden: tuple[int, int, int] = (32, 24, 16)  # lottery only
@@ -62,6 +63,10 @@ class Architecture:
             raise ConfigError(f"n_grids must be in 1..12, got {self.n_grids}")
         if not 0 <= self.arm_hidden <= 4:
             raise ConfigError(f"arm_hidden must be in 0..4, got {self.arm_hidden}")
+        if self.arm_coarse not in (0, 1, 5, 9):
+            raise ConfigError(f"arm_coarse must be 0, 1, 5 or 9, got {self.arm_coarse}")
+        if not 1 <= self.arm_context <= 40:
+            raise ConfigError(f"arm_context must be in 1..40, got {self.arm_context}")
         if not 1 <= self.mod_channels <= 256 or len(self.hidden) != 3 or not all(1 <= h <= 256 for h in self.hidden):
             raise ConfigError("lottery widths must be in 1..256")
         parse_layers(self.synthesis)
@@ -100,7 +105,7 @@ class OverfittedModel(nn.Module):
         gens = [torch.Generator().manual_seed(_init_seed(s)) for s in seeds]
         self.shapes = arch.grid_shapes(height, width)
         self.latents = nn.ParameterList([nn.Parameter(torch.zeros(batch, h, w)) for h, w in self.shapes])
-        self.arm = ARM(arch.arm_context, arch.arm_hidden, gens)
+        self.arm = ARM(arch.arm_context, arch.arm_hidden, gens, arch.arm_coarse)
         self.upsampler = Upsampler(batch, arch.n_grids, arch.shared_upsampling)
         if arch.kind == "coolchic":
             self.synthesis: nn.Module = CoolChicSynthesis(arch.n_grids, arch.synthesis, gens)
@@ -174,7 +179,9 @@ class OverfittedModel(nn.Module):
     def forward(self, latents_hat: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantised latents -> (image (B, H, W, 3), latent rate in bits (B,))."""
         b = self.batch
-        contexts = torch.cat([gather_contexts(g, self.arch.arm_context) for g in latents_hat], dim=1)
+        a = self.arch
+        contexts = torch.cat([gather_contexts(g, a.arm_context, latents_hat[i + 1] if i + 1 < len(latents_hat) else None,
+                                              a.arm_coarse) for i, g in enumerate(latents_hat)], dim=1)
         values = torch.cat([g.reshape(b, -1) for g in latents_hat], dim=1)
         mean, log_scale = self.arm(contexts)
         bits = laplace_bits(values, mean, log_scale).sum(dim=1)

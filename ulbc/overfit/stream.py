@@ -6,7 +6,9 @@ Parameter block (the container's ``params``)::
     n_grids    varint    latent grids
     arm_ctx    varint    ARM context size
     arm_hidden varint    ARM hidden layers
-    coolchic:  varint length + ASCII synthesis layer string
+    arm_coarse varint    ARM context values taken from the next coarser grid
+    coolchic:  varint layer count, then per layer: varint output channels and one flag byte
+               (bit 0: 3x3 kernel, bit 1: residual, bit 2: ReLU)
     lottery:   4 bytes seed of the random network (big-endian), varint modulation channels,
                3 varints hidden widths
     bound      varint    every latent lies in [-bound, bound]
@@ -33,7 +35,7 @@ from .fixedpoint import FixedPointOverflow
 from .maskcoding import decode_masks, encode_masks
 from .model import Architecture, OverfittedModel, reconstruct
 from .nnquant import encode_params, parse_params, step_exponent
-from .networks import QParams
+from .networks import QParams, parse_layers
 
 FORMAT_VERSION = 1
 #: Largest latent magnitude a decoder accepts (the training never gets near it).
@@ -62,9 +64,13 @@ class Layout:
 def write_header(arch: Architecture, seed: int, bound: int, nn_bytes: int, mask_bytes: int) -> bytes:
     out = bytearray([FORMAT_VERSION])
     out += encode_varint(arch.n_grids) + encode_varint(arch.arm_context) + encode_varint(arch.arm_hidden)
+    out += encode_varint(arch.arm_coarse)
     if arch.kind == "coolchic":
-        text = arch.synthesis.encode("ascii")
-        out += encode_varint(len(text)) + text
+        layers = parse_layers(arch.synthesis)
+        out += encode_varint(len(layers))
+        for spec in layers:
+            flags = (spec.kernel == 3) | (spec.residual << 1) | (spec.relu << 2)
+            out += encode_varint(spec.out_channels) + bytes([flags])
     else:
         out += struct.pack(">I", seed) + encode_varint(arch.mod_channels)
         out += b"".join(encode_varint(h) for h in arch.hidden)
@@ -83,16 +89,22 @@ def read_header(kind: str, data: bytes) -> tuple[Architecture, int, int, int, in
     n_grids, pos = decode_varint(data, 1, "n_grids")
     ctx, pos = decode_varint(data, pos, "ARM context")
     hidden_layers, pos = decode_varint(data, pos, "ARM hidden layers")
+    coarse, pos = decode_varint(data, pos, "ARM coarse context")
     seed, fields = 0, {}
     if kind == "coolchic":
-        n, pos = decode_varint(data, pos, "synthesis length")
-        if n > 1024 or pos + n > len(data):
-            raise BitstreamError("synthesis description runs past the parameter block")
-        try:
-            fields["synthesis"] = data[pos : pos + n].decode("ascii")
-        except UnicodeDecodeError:
-            raise BitstreamError("synthesis description is not ASCII") from None
-        pos += n
+        n_layers, pos = decode_varint(data, pos, "synthesis layer count")
+        if not 1 <= n_layers <= 16:
+            raise BitstreamError(f"synthesis layer count {n_layers} is out of range")
+        parts = []
+        for i in range(n_layers):
+            out_channels, pos = decode_varint(data, pos, f"synthesis layer {i} channels")
+            if pos >= len(data) or data[pos] > 7:
+                raise BitstreamError(f"synthesis layer {i} flags are missing or invalid")
+            flags = data[pos]
+            pos += 1
+            parts.append(f"{out_channels}-{3 if flags & 1 else 1}-{'residual' if flags & 2 else 'linear'}-"
+                         f"{'relu' if flags & 4 else 'none'}")
+        fields["synthesis"] = ",".join(parts)
     else:
         if pos + 4 > len(data):
             raise BitstreamError("truncated parameter block (seed)")
@@ -115,7 +127,8 @@ def read_header(kind: str, data: bytes) -> tuple[Architecture, int, int, int, in
     if not 1 <= ctx <= 40:
         raise BitstreamError(f"ARM context size {ctx} is out of range")
     try:
-        arch = Architecture(kind, n_grids=n_grids, arm_context=ctx, arm_hidden=hidden_layers, **fields)
+        arch = Architecture(kind, n_grids=n_grids, arm_context=ctx, arm_hidden=hidden_layers, arm_coarse=coarse,
+                            **fields)
     except (ConfigError, TypeError) as exc:
         raise BitstreamError(f"invalid architecture in header ({exc})") from None
     return arch, seed, bound, nn_bytes, mask_bytes
@@ -143,7 +156,8 @@ def encode(arch: Architecture, height: int, width: int, seed: int, network: dict
     shapes = {n: tuple(t.shape) for n, t in network.items()}
     params = to_qparams(nn_payload, shapes)
     mask_payload = encode_masks([m.astype(np.int32) for m in masks]) if masks is not None else b""
-    latent_payload, bound = encode_latents(grids, QuantizedARM.from_params(params, arch.arm_hidden))
+    arm = QuantizedARM.from_params(params, arch.arm_hidden, arch.arm_context, arch.arm_coarse)
+    latent_payload, bound = encode_latents(grids, arm)
     if bound > MAX_BOUND:
         raise ValueError(f"latent magnitude {bound} exceeds the format's {MAX_BOUND}")
     header = write_header(arch, seed, bound, len(nn_payload), len(mask_payload))
@@ -166,7 +180,7 @@ def read(kind: str, header: bytes, payload: bytes, width: int, height: int) -> D
         raise BitstreamError("unexpected mask payload")
     try:
         grids = decode_latents(latent_data, arch.grid_shapes(height, width), bound,
-                               QuantizedARM.from_params(params, arch.arm_hidden))
+                               QuantizedARM.from_params(params, arch.arm_hidden, arch.arm_context, arch.arm_coarse))
     except FixedPointOverflow as exc:
         raise BitstreamError(f"entropy model out of range ({exc})") from None
     return Decoded(arch, seed, params, grids, masks)

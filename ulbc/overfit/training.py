@@ -33,14 +33,14 @@ class TrainConfig:
     iterations: int = 2000
     candidates: int = 3
     warmup_iterations: int = 100
-    final_iterations: int = 400
+    final_iterations: int = 200
     lr: float = 1e-2
     min_lr: float = 1e-5
     final_lr: float = 1e-4
     score_lr: float = 0.05  # LotteryCodec's mask scores (its released code uses 0.1 over 100 k steps)
     temperature: tuple[float, float] = (0.3, 0.1)
     sigma: tuple[float, float] = (0.22, 0.15)
-    grad_clip: float = 1.0
+    grad_clip: float = 0.1  # per-model gradient-norm clip on the networks (Cool-chic: 0.1)
     eval_every: int = 100
 
     def __post_init__(self) -> None:
