@@ -67,3 +67,15 @@ def test_missing_ffmpeg_is_a_config_error(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ConfigError, match=r"methods\.hevc-intra: codec 'hevc-intra' is not available here: .*ffmpeg"):
         check_study(base(methods={"hevc-intra": {}}, anchor="hevc-intra"))
+
+
+def test_exponent_rates_written_without_a_dot_and_gpu_methods(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("datasets: {d: {source: samples}}\nmethods:\n  lottery: {rates: [4e-3, 1e-3, 0.0004]}\n"
+                    "  jpeg: {}\nanchor: jpeg\n")
+    plans = check_study(load_config(path))  # YAML 1.1 reads 4e-3 as text; it is still a rate
+    assert [p.value for p in plans["lottery"].rates] == [4e-3, 1e-3, 4e-4]
+    assert [p.label for p in plans["lottery"].rates] == ["lambda0.004", "lambda0.001", "lambda0.0004"]
+    assert plans["lottery"].gpu == 1 and plans["jpeg"].gpu == 0
+    with pytest.raises(ConfigError, match="'ten' is not valid"):
+        base(methods={"jpeg": {"rates": ["ten"]}})

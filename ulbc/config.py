@@ -87,6 +87,8 @@ def plan_methods(config: dict) -> dict[str, MethodPlan]:
         rates = entry.get("rates") or list(cls.default_rates)
         points = []
         for value in rates:
+            if isinstance(value, str):  # "1e-3": YAML 1.1 leaves exponent numbers without a dot as text
+                value = float(value)
             try:
                 codec.check_rate(value)
             except ConfigError as exc:

@@ -31,7 +31,7 @@ from .networks import (
     parse_layers,
 )
 from .nnquant import best_order_bits, quantize_tensor
-from .quantizers import gaussian_noise, soft_round
+from .quantizers import LatentQuantizer
 
 LATENT_GAIN = 16.0
 KINDS = ("coolchic", "lottery")
@@ -107,6 +107,7 @@ class OverfittedModel(nn.Module):
         self.latents = nn.ParameterList([nn.Parameter(torch.zeros(batch, h, w)) for h, w in self.shapes])
         self.arm = ARM(arch.arm_context, arch.arm_hidden, gens, arch.arm_coarse)
         self.upsampler = Upsampler(batch, arch.n_grids, arch.shared_upsampling)
+        self._quantizers: dict[str, LatentQuantizer] = {}
         if arch.kind == "coolchic":
             self.synthesis: nn.Module = CoolChicSynthesis(arch.n_grids, arch.synthesis, gens)
         else:
@@ -161,20 +162,10 @@ class OverfittedModel(nn.Module):
     def quantized_latents(self, mode: str, temperature: float = 0.3, sigma: float = 0.0,
                           generators: list[torch.Generator] | None = None) -> list[torch.Tensor]:
         """The latents as the decoder would see them (``hard``), or a training proxy of them:
-        ``ste`` (round forward, identity gradient) or ``softround+noise`` (Cool-chic 5)."""
-        out = []
-        for y in self.latents:
-            v = LATENT_GAIN * y
-            if mode == "hard":
-                out.append(torch.round(v).detach())
-            elif mode == "ste":
-                out.append(v + (torch.round(v) - v).detach())
-            elif mode == "softround+noise":
-                noise = torch.stack([gaussian_noise(v.shape[1:], sigma, g, device=v.device) for g in generators])
-                out.append(soft_round(soft_round(v, temperature) + noise, temperature))
-            else:
-                raise ValueError(f"unknown latent quantisation mode {mode!r}")
-        return out
+        ``ste`` (round forward, identity gradient) or ``softround+noise`` (Cool-chic 5; noise from
+        each model's own generator)."""
+        quantizer = self._quantizers.setdefault(mode, LatentQuantizer(mode, "gaussian"))
+        return [quantizer(LATENT_GAIN * y, temperature, sigma, generators) for y in self.latents]
 
     def forward(self, latents_hat: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantised latents -> (image (B, H, W, 3), latent rate in bits (B,))."""

@@ -158,18 +158,23 @@ class LatentQuantizer(nn.Module):
         self.mode = mode
         self.noise_kind = noise_kind
 
-    def noise(self, like: torch.Tensor, noise_level: float, generator: torch.Generator) -> torch.Tensor:
-        """Draws the configured noise with the shape, dtype and device of ``like``."""
-        if self.noise_kind == "gaussian":
-            return gaussian_noise(like.shape, noise_level, generator, dtype=like.dtype, device=like.device)
-        return kumaraswamy_noise(like.shape, noise_level, generator, dtype=like.dtype, device=like.device)
+    def noise(self, like: torch.Tensor, noise_level: float,
+              generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+        """Draws the configured noise with the shape, dtype and device of ``like``. A sequence of
+        generators draws ``like[i]``'s noise from generator i (one per model of a batch)."""
+        draw = gaussian_noise if self.noise_kind == "gaussian" else kumaraswamy_noise
+        if isinstance(generator, torch.Generator):
+            return draw(like.shape, noise_level, generator, dtype=like.dtype, device=like.device)
+        if len(generator) != like.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {like.shape[0]}")
+        return torch.stack([draw(like.shape[1:], noise_level, g, dtype=like.dtype, device=like.device) for g in generator])
 
     def forward(
         self,
         x: torch.Tensor,
         temperature: float = MIN_TEMPERATURE,
         noise_level: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
         if self.mode == "hard":
             return torch.round(x).detach()
