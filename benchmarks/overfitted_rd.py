@@ -118,7 +118,7 @@ def run_study(args) -> None:
 
     print("\nBD-rate (%) of each overfitted method against each anchor (mean per-image PSNR, Akima; "
           "negative = fewer bits):")
-    header = f"{'method':<18}" + "".join(f"{'vs ' + a:>16}" for a in (*ANCHORS, "lottery-all-ones"))
+    header = f"{'method':<18}" + "".join(f"{'vs ' + a:>20}" for a in (*ANCHORS, "lottery-all-ones"))
     print(header)
     tables = {a: bd_rate_table(summary, a, interpolation="akima") for a in (*ANCHORS, "lottery-all-ones")}
     for method in NEURAL:
@@ -126,7 +126,7 @@ def run_study(args) -> None:
         for anchor, table in tables.items():
             row = table[table["method"] == method]
             value = float(row["bd_rate_psnr_rgb"].iloc[0]) if len(row) and anchor != method else float("nan")
-            cells.append(f"{value:>+16.1f}" if np.isfinite(value) else f"{'-':>16}")
+            cells.append(f"{value:>+20.1f}" if np.isfinite(value) else f"{'-':>20}")
         print(f"{method:<18}" + "".join(cells))
 
 

@@ -12,7 +12,10 @@ def test_shipped_config_is_valid():
     assert config["anchor"] in plans
     assert config["items_per_job"] == 500 and config["on_error"] == "fail"  # schema defaults filled
     for plan in plans.values():
-        assert 5 <= len(plan.rates) <= 7 and plan.gpu == 0
+        if plan.codec == "lottery":  # the demo's overfitted method: a short grid, asks for a GPU
+            assert len(plan.rates) == 3 and plan.gpu == 1
+        else:
+            assert 5 <= len(plan.rates) <= 7 and plan.gpu == 0
 
 
 def base(**extra):
@@ -79,3 +82,5 @@ def test_exponent_rates_written_without_a_dot_and_gpu_methods(tmp_path):
     assert plans["lottery"].gpu == 1 and plans["jpeg"].gpu == 0
     with pytest.raises(ConfigError, match="'ten' is not valid"):
         base(methods={"jpeg": {"rates": ["ten"]}})
+    assert plans["lottery"].mem_mb == 8000 and plans["lottery"].runtime == 1440  # codec floors
+    assert plans["jpeg"].mem_mb == 2000

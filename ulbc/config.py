@@ -104,8 +104,8 @@ def plan_methods(config: dict) -> dict[str, MethodPlan]:
             options=dict(entry.get("options", {})),
             rates=tuple(points),
             uses_gpu=cls.uses_gpu,
-            mem_mb=int(res.get("mem_mb", defaults.get("mem_mb", 2000))),
-            runtime=int(res.get("runtime", defaults.get("runtime", 60))),
+            mem_mb=int(res.get("mem_mb", max(defaults.get("mem_mb", 2000), cls.job_mem_mb))),
+            runtime=int(res.get("runtime", max(defaults.get("runtime", 60), cls.job_runtime))),
             gpu=int(res.get("gpu", 1 if cls.uses_gpu else 0)),
         )
     return plans

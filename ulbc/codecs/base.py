@@ -64,6 +64,10 @@ class Codec(ABC):
     media: ClassVar[str] = "image"
     #: Smallest (width, height) the codec accepts.
     min_size: ClassVar[tuple[int, int]] = (1, 1)
+    #: Floors on the per-job resources (MB, minutes) that the codec needs at its default settings; a
+    #: method's own ``resources`` still override them.
+    job_mem_mb: ClassVar[int] = 0
+    job_runtime: ClassVar[int] = 0
     #: Encoder options and their defaults; a config may override them per method.
     option_defaults: ClassVar[dict[str, Any]] = {}
     description: ClassVar[str] = ""

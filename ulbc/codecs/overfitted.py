@@ -46,6 +46,10 @@ class _OverfittedCodec(Codec):
     rate_range = (1e-6, 1.0)
     uses_gpu = True
     min_size = (1, 1)
+    # A 768x512 image with three warm-up candidates peaks near 3.3 GB on the CPU; training takes
+    # minutes per image, so a shard of many items needs hours (keep items_per_job small).
+    job_mem_mb = 8000
+    job_runtime = 24 * 60
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -104,12 +104,12 @@ class _Trainer:
         finite = torch.isfinite(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss[finite].sum().backward()
-        self._clip(opt)
+        self._clip()
         opt.step()
         if not bool(finite.all()):
             self._restore(~finite.cpu(), opt)
 
-    def _clip(self, opt) -> None:
+    def _clip(self) -> None:
         """Per-model gradient-norm clipping of the network weights (latents and scores excluded)."""
         params = dict(self.model.named_parameters())
         grads = [params[n].grad for n in self.net_names if params[n].grad is not None]
