@@ -208,7 +208,7 @@ def test_lottery_masks_keep_ratio_and_gradients():
     for b in range(2):
         assert sum(float(m[b].detach().sum()) for m in masks) == pytest.approx(0.7 * n, abs=1)
     image, bits = model(model.quantized_latents("ste"))
-    assert image.shape == (2, 9, 11, 3) and float(image.min()) >= 0 and float(image.max()) <= 1
+    assert image.shape == (2, 9, 11, 3) and float(image.detach().min()) >= 0 and float(image.detach().max()) <= 1
     (image.mean() + bits.sum()).backward()
     assert all(float(s.grad.abs().sum()) > 0 for s in model.synthesis.scores)
     assert all(not w.requires_grad for w in model.synthesis.random_weights())
@@ -273,3 +273,17 @@ def test_hard_evaluation_reports_per_model_numbers():
     target = torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(0))
     mse, bits = evaluate_hard(model, target)
     assert mse.shape == (2,) and bits.shape == (2,) and math.isfinite(float(mse.sum()))
+
+
+def test_latent_payload_garbage_is_a_bitstream_error():
+    shapes = [(16, 16), (8, 8)]
+    arm = QuantizedARM([((torch.zeros(2, 8, dtype=torch.float64), 0), (torch.zeros(2, dtype=torch.float64), 0))], 8)
+    # Scale e^-4.6: almost all mass on 0, so random words soon describe an impossible symbol.
+    refused = 0
+    for seed in range(20):
+        data = np.random.default_rng(seed).integers(0, 2**32, 64, dtype=np.uint64).astype("<u4").tobytes()
+        try:
+            decode_latents(data, shapes, 2, arm)
+        except BitstreamError:
+            refused += 1
+    assert refused > 0

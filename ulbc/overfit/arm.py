@@ -262,7 +262,10 @@ def decode_latents(data: bytes, shapes: list[tuple[int, int]], bound: int, arm: 
         family = _laplace_family(bound)
         for start, stop in zip(plan.step_bounds[:-1], plan.step_bounds[1:]):
             means, scales = arm.evaluate(torch.from_numpy(buffer[plan.contexts[start:stop]]))
-            buffer[plan.order[start:stop]] = decoder.decode(family, means, scales)
+            try:
+                buffer[plan.order[start:stop]] = decoder.decode(family, means, scales)
+            except (AssertionError, ValueError, RuntimeError) as exc:  # how constriction reports bad data
+                raise BitstreamError(f"latent payload does not decode ({exc})") from None
         if not decoder.maybe_exhausted():
             raise BitstreamError("latent payload has data left over after the last element")
     elif data:
