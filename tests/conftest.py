@@ -47,6 +47,8 @@ QUICK_OPTIONS = {
                  "preset": "lop", "progress": False},
     "lottery": {"iterations": 150, "candidates": 1, "final_iterations": 30, "n_grids": 5, "arm_context": 8,
                 "progress": False},
+    "nerv": {"iterations": 400, "finetune_iterations": 20, "pe_levels": 8, "progress": False},
+    "supermask-nerv": {"iterations": 400, "finetune_iterations": 20, "pe_levels": 8, "progress": False},
 }
 
 

@@ -53,6 +53,9 @@ def make_row(**overrides) -> dict:
         "bits_latent": None,
         "macs_per_pixel": None,
         "encode_info": "",
+        "level": "image",
+        "clip": "",
+        "frames": 1,
     }
     unknown = set(overrides) - set(row)
     assert not unknown, f"not schema columns: {unknown}"
@@ -203,3 +206,36 @@ def test_relative_paths(tmp_path, monkeypatch):
     for engine in ("dask", "pyarrow"):
         assert aggregate_shards(paths, f"{engine}.parquet", engine=engine) == 2
     assert pq.read_table("dask.parquet").equals(pq.read_table("pyarrow.parquet"))
+
+
+def test_clip_rows_are_derived_from_frame_rows(tmp_path):
+    """Image codecs on a video dataset: the clip row sums the frames' bytes and averages their metrics;
+    a clip a video codec already described keeps its own row."""
+    frames = [make_row(dataset="clips", item=f"walk/{i:06d}", level="frame", clip="walk", bytes=100 * (i + 1),
+                       payload_bytes=90 * (i + 1), mse_rgb=10.0 * (i + 1), psnr_rgb=30.0 + i, ms_ssim_rgb=0.9)
+              for i in range(3)]
+    video = [make_row(dataset="clips", item="walk", method="x265", codec="x265", level="clip", clip="walk",
+                      frames=3, bytes=250),
+             make_row(dataset="clips", item="walk/000000", method="x265", codec="x265", level="frame",
+                      clip="walk", bytes=None, bpp=math.nan)]
+    out = tmp_path / "metrics.parquet"
+    n = aggregate_shards([write_shard(tmp_path / "a.parquet", frames + video)], out, engine="pyarrow")
+    assert n == 6  # one derived clip row for jpeg; none for x265
+    df = read_metrics(out)
+    clip = df[(df["method"] == "jpeg") & (df["level"] == "clip")].iloc[0]
+    assert clip["item"] == "walk" and clip["frames"] == 3 and clip["bytes"] == 600
+    assert clip["bpp"] == pytest.approx(8 * 600 / (3 * 64 * 48))
+    assert clip["psnr_rgb"] == pytest.approx(31.0) and clip["mse_rgb"] == pytest.approx(20.0)
+    assert clip["payload_bytes"] == 540 and clip["status"] == "ok"
+    assert len(df[(df["method"] == "x265") & (df["level"] == "clip")]) == 1
+
+
+def test_a_failed_frame_fails_its_clip_row(tmp_path):
+    frames = [make_row(dataset="clips", item="walk/000000", level="frame", clip="walk"),
+              make_row(dataset="clips", item="walk/000001", level="frame", clip="walk", status="encode_error",
+                       error="boom", bytes=None, bpp=math.nan, psnr_rgb=math.nan)]
+    out = tmp_path / "metrics.parquet"
+    aggregate_shards([write_shard(tmp_path / "a.parquet", frames)], out, engine="pyarrow")
+    clip = read_metrics(out).query("level == 'clip'").iloc[0]
+    assert clip["status"] == "encode_error" and "walk/000001" in clip["error"]
+    assert math.isnan(clip["psnr_rgb"]) and math.isnan(clip["bpp"])

@@ -13,7 +13,16 @@ from PIL import Image
 
 import ulbc
 from ulbc.errors import ConfigError, InputError
-from ulbc.manifest import build_manifest, item_id, num_shards, read_manifest, shard_name, shard_rows
+from ulbc.manifest import (
+    build_clip_manifest,
+    build_manifest,
+    clip_hash,
+    item_id,
+    num_shards,
+    read_manifest,
+    shard_name,
+    shard_rows,
+)
 
 
 def save(path: Path, mode: str, size: tuple[int, int], seed: int = 0) -> Path:
@@ -39,7 +48,8 @@ def test_build_manifest_schema_order_and_hashes(images, tmp_path):
     root, rel = images
     out = tmp_path / "m" / "toy.parquet"
     frame = build_manifest("toy", root, rel, out, progress=False)
-    assert list(frame.columns) == ["item", "path", "width", "height", "mode", "sha256"]
+    assert list(frame.columns) == ["item", "path", "width", "height", "mode", "sha256", "clip", "frames"]
+    assert set(frame["clip"]) == {""} and set(frame["frames"]) == {1}
     assert list(frame["item"]) == ["alpha", "beta", "sub/mid", "zeta"]
     assert list(frame["path"]) == ["alpha.png", "beta.jpg", "sub/mid.png", "zeta.png"]
     assert list(frame["width"]) == [9, 20, 5, 16] and list(frame["height"]) == [7, 10, 11, 12]
@@ -143,3 +153,37 @@ def test_shard_name():
     assert shard_name(0) == "00000"
     assert shard_name(42) == "00042"
     assert shard_name(12345) == "12345"
+
+
+def test_frames_manifest_and_clip_manifest(tmp_path):
+    root = tmp_path / "frames"
+    rel = [f"{clip}/{i:06d}.png" for clip, n in (("walk", 3), ("bike", 2)) for i in range(n)]
+    for k, r in enumerate(rel):
+        save(root / r, "RGB", (8, 6), k)
+    items = build_manifest("v", root, rel, tmp_path / "v.parquet", video=True, progress=False)
+    assert list(items["clip"]) == ["bike", "bike", "walk", "walk", "walk"]
+    clips = build_clip_manifest(tmp_path / "v.parquet", tmp_path / "v.clips.parquet")
+    assert list(clips["item"]) == ["bike", "walk"] and list(clips["frames"]) == [2, 3]
+    assert list(clips["path"]) == ["bike", "walk"] and list(clips["width"]) == [8, 8]
+    walk = items[items["clip"] == "walk"]["sha256"].tolist()
+    assert clips.loc[1, "sha256"] == clip_hash(walk)
+    df, got_root, dataset = read_manifest(tmp_path / "v.clips.parquet")
+    assert dataset == "v" and got_root == root.resolve() and len(df) == 2
+
+
+def test_clip_manifest_of_an_image_dataset_has_one_frame_clips(images, tmp_path):
+    root, rel = images
+    build_manifest("toy", root, rel, tmp_path / "t.parquet", progress=False)
+    clips = build_clip_manifest(tmp_path / "t.parquet", tmp_path / "t.clips.parquet")
+    items, _, _ = read_manifest(tmp_path / "t.parquet")
+    assert list(clips["item"]) == list(items["item"]) == list(clips["clip"])
+    assert list(clips["sha256"]) == list(items["sha256"]) and set(clips["frames"]) == {1}
+
+
+def test_frames_of_one_clip_must_share_a_size(tmp_path):
+    save(tmp_path / "f" / "c" / "000000.png", "RGB", (8, 6))
+    save(tmp_path / "f" / "c" / "000001.png", "RGB", (6, 6))
+    build_manifest("v", tmp_path / "f", ["c/000000.png", "c/000001.png"], tmp_path / "v.parquet", video=True,
+                   progress=False)
+    with pytest.raises(InputError, match="differ in size"):
+        build_clip_manifest(tmp_path / "v.parquet", tmp_path / "v.clips.parquet")

@@ -32,6 +32,7 @@ def row(**overrides) -> dict:
         "status": "ok", "error": "", "seed": 0, "codec_version": "1", "ulbc_version": "0.1.0",
         "git_commit": "abc", "config_hash": "h", "library_versions": "{}",
         "bits_nn": None, "bits_mask": None, "bits_latent": None, "macs_per_pixel": None, "encode_info": "",
+        "level": "image", "clip": "", "frames": 1,
     }
     base.update(overrides)
     assert list(base) == METRIC_ROW_SCHEMA.names
@@ -231,3 +232,12 @@ def test_end_to_end_from_shards(tmp_path):
     aggregate_shards(paths, tmp_path / "metrics.parquet", engine="pyarrow")
     table = bd_rate_table(summarize(read_metrics(tmp_path / "metrics.parquet")), "jpeg").set_index("method")
     assert table.loc["better", "bd_rate_psnr_of_mean_mse"] == pytest.approx(-20.0, abs=0.5)
+
+
+def test_summary_counts_clips_not_their_frames():
+    rows = [row(item="walk", level="clip", clip="walk", frames=3, bpp=0.2, psnr_rgb=30.0)]
+    rows += [row(item=f"walk/{i:06d}", level="frame", clip="walk", bpp=math.nan, bytes=None, psnr_rgb=40.0)
+             for i in range(3)]
+    summary = summarize(frame(rows))
+    assert len(summary) == 1 and summary.loc[0, "n_items"] == 1
+    assert summary.loc[0, "psnr_rgb"] == pytest.approx(30.0) and summary.loc[0, "bpp"] == pytest.approx(0.2)

@@ -124,3 +124,45 @@ def test_overfitted_codec_rows_carry_rate_split_and_encoder_facts(tmp_path):
     # Classical codecs leave those columns empty.
     _, classic = run_all(tmp_path / "c", manifest, MethodSpec("jpeg", "jpeg", 50))
     assert classic.column("bits_nn").null_count == 2 and set(classic.column("encode_info").to_pylist()) == {""}
+
+
+def test_video_codec_on_an_image_dataset_codes_one_frame_clips(tmp_path, dataset):
+    """The clip manifest of an image dataset lists each image as a one-frame clip: a video codec codes
+    it and the row is an ordinary image row, with bpp over the image's pixels."""
+    from ulbc.codecs import CODECS
+    from ulbc.manifest import build_clip_manifest
+
+    if CODECS["x264"].availability():
+        pytest.skip("x264 not available here")
+    _, manifest = dataset
+    clips = tmp_path / "clips.parquet"
+    build_clip_manifest(manifest, clips)
+    _, table = run_all(tmp_path, clips, MethodSpec("x264", "x264", 33))
+    df = table.to_pandas()
+    assert list(df["item"]) == ["p0", "p1"] and (df["level"] == "image").all() and (df["status"] == "ok").all()
+    assert (df["frames"] == 1).all() and (df["clip"] == "").all()
+    assert (df["bpp"] == 8 * df["bytes"] / (df["width"] * df["height"])).all()
+    assert df["psnr_rgb"].between(25, 50).all()
+
+
+def test_a_clip_whose_frames_changed_is_refused(tmp_path):
+    from ulbc.manifest import build_clip_manifest
+    from ulbc.runner import load_clip_verified
+    from ulbc.manifest import read_manifest
+
+    root = tmp_path / "frames"
+    (root / "walk").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((6, 8, 3), 40 * i, np.uint8)).save(root / "walk" / f"{i:06d}.png")
+    build_manifest("v", root, ["walk/000000.png", "walk/000001.png"], tmp_path / "v.parquet", video=True,
+                   progress=False)
+    build_clip_manifest(tmp_path / "v.parquet", tmp_path / "c.parquet")
+    rows, got_root, _ = read_manifest(tmp_path / "c.parquet")
+    row = next(rows.itertuples(index=False))
+    assert load_clip_verified(got_root, row)[1].shape == (2, 6, 8, 3)
+    Image.fromarray(np.full((6, 8, 3), 99, np.uint8)).save(root / "walk" / "000001.png")
+    with pytest.raises(UlbcError, match="changed since the manifest"):
+        load_clip_verified(got_root, row)
+    (root / "walk" / "000001.png").unlink()
+    with pytest.raises(UlbcError, match="holds 1 frames"):
+        load_clip_verified(got_root, row)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -107,3 +108,39 @@ def test_bad_config_stops_before_any_job(tmp_path, photo):
     config = write_study(tmp_path, photo, items_per_job=0)
     proc = snakemake(tmp_path, config, "--cores", "1", check=False)
     assert proc.returncode != 0 and "items_per_job" in proc.stdout + proc.stderr
+
+
+def test_video_dataset_end_to_end(tmp_path, photo):
+    """The embedded clip: frames extracted once, an image codec codes each frame (clip rows derived
+    from them), a video codec codes the clip (its own clip row plus per-frame metric rows)."""
+    from ulbc.codecs import CODECS
+
+    if "x264" not in CODECS or CODECS["x264"].availability():
+        pytest.skip("x264 codec not available here")
+    x264_rates = list(CODECS["x264"].default_rates[-2:])
+    config = write_study(
+        tmp_path, photo,
+        datasets={"clip": {"source": "sample-clip", "video": {"frames": 3, "size": [64, 48]}}},
+        methods={"jpeg": {"rates": [30, 80]}, "x264": {"rates": x264_rates, "datasets": ["clip"]}},
+    )
+    snakemake(tmp_path, config, "--cores", "2")
+    out = tmp_path / "results" / "e2e"
+    frames = sorted(p.relative_to(out / "frames" / "clip").as_posix() for p in (out / "frames" / "clip").rglob("*.png"))
+    assert frames == [f"cars_8f/{i:06d}.png" for i in range(3)]
+    df = pq.read_table(out / "metrics.parquet").to_pandas()
+    assert (df["status"] == "ok").all()
+    counts = df.groupby(["method", "level"]).size().to_dict()
+    assert counts == {("jpeg", "clip"): 2, ("jpeg", "frame"): 6, ("x264", "clip"): 2, ("x264", "frame"): 6}
+    assert set(df["clip"]) == {"cars_8f"}
+    clips = df[df["level"] == "clip"]
+    assert (clips["frames"] == 3).all() and (clips["item"] == "cars_8f").all()
+    assert (clips["bpp"] == 8 * clips["bytes"] / (3 * 64 * 48)).all()
+    for _, clip in clips.iterrows():
+        part = df[(df["level"] == "frame") & (df["method"] == clip["method"]) & (df["rate_label"] == clip["rate_label"])]
+        assert clip["psnr_rgb"] == pytest.approx(part["psnr_rgb"].mean())
+        if clip["method"] == "jpeg":
+            assert clip["bytes"] == part["bytes"].sum()
+        else:
+            assert part["bytes"].isna().all() and part["bpp"].isna().all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["n_items"]) == {1}  # one clip per rate point, its frames not counted as items

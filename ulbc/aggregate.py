@@ -8,6 +8,7 @@ obscure type-promotion failure deep inside dask or Arrow.
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
@@ -137,6 +138,53 @@ def _sorted(table: pa.Table) -> pa.Table:
     return table.sort_by([(key, "ascending") for key in SORT_KEYS])
 
 
+_CLIP_KEYS = ["dataset", "method", "rate_label", "clip"]
+
+
+def with_clip_rows(table: pa.Table) -> pa.Table:
+    """Add a clip row for every clip that image codecs coded frame by frame.
+
+    Its bytes are the sum over the clip's frames and its bpp counts them over all the clip's pixels;
+    its metrics are the means over frames (video PSNR is the mean of per-frame PSNR). A clip with a
+    failed frame gets the first failure's status and NaN metrics. Clips that already have a clip
+    row (coded by a video codec) are left alone.
+    """
+    level = table.column("level").to_pylist()
+    if "frame" not in level:
+        return table
+    df = table.to_pandas()
+    frames = df[df["level"] == "frame"]
+    have = set(map(tuple, df.loc[df["level"] == "clip", _CLIP_KEYS].itertuples(index=False)))
+    rows = []
+    for key, part in frames.groupby(_CLIP_KEYS, sort=True):
+        if key in have:
+            continue
+        first = part.iloc[0].to_dict()
+        ok = bool(part["status"].eq("ok").all())
+        pixels = float((part["width"] * part["height"]).sum())
+        row = dict(first, item=key[3], level="clip", frames=len(part),
+                   bytes=int(part["bytes"].sum()) if part["bytes"].notna().all() else None,
+                   payload_bytes=int(part["payload_bytes"].sum()) if part["payload_bytes"].notna().all() else None,
+                   encode_s=float(part["encode_s"].sum()), decode_s=float(part["decode_s"].sum()))
+        row["bpp"] = 8.0 * row["bytes"] / pixels if row["bytes"] is not None else math.nan
+        row["payload_bpp"] = 8.0 * row["payload_bytes"] / pixels if row["payload_bytes"] is not None else math.nan
+        for column in ("mse_rgb", "psnr_rgb", "ms_ssim_rgb"):
+            row[column] = float(part[column].mean()) if ok else math.nan
+        for column in ("bits_nn", "bits_mask", "bits_latent"):
+            row[column] = float(part[column].sum()) if part[column].notna().all() else None
+        row["macs_per_pixel"] = float(part["macs_per_pixel"].mean()) if part["macs_per_pixel"].notna().all() else None
+        if not ok:
+            bad = part[~part["status"].eq("ok")].iloc[0]
+            row.update(status=bad["status"], error=f"frame {bad['item']}: {bad['error']}")
+        row["encode_info"] = ""
+        rows.append(row)
+    if not rows:
+        return table
+    extra = pa.Table.from_pandas(pd.DataFrame(rows)[METRIC_ROW_SCHEMA.names], schema=METRIC_ROW_SCHEMA,
+                                 preserve_index=False)
+    return pa.concat_tables([table.replace_schema_metadata(None), extra])
+
+
 def aggregate_shards(
     shard_paths: Iterable[str | os.PathLike],
     out_path: str | os.PathLike,
@@ -163,7 +211,7 @@ def aggregate_shards(
         raise InputError(
             f"{os.fspath(out_path)}: reading the {len(paths)} shard files failed ({_one_line(exc)})"
         ) from None
-    table = _sorted(table)
+    table = _sorted(with_clip_rows(table))
     table = table.replace_schema_metadata(
         {f"{METADATA_PREFIX}{key}": str(value) for key, value in (metadata or {}).items()}
     )

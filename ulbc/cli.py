@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import ConfigError, UlbcError
+from .errors import ConfigError, InputError, UlbcError
 
 #: What a shard job does with an item that cannot be encoded or decoded (see the config schema).
 ON_ERROR_CHOICES = ("fail", "record")
@@ -58,29 +58,46 @@ def cmd_encode(args) -> None:
 
     codec = get_codec(args.codec, **_parse_options(args.option, args.options))
     rate = args.rate if args.rate is not None else codec.default_rates[len(codec.default_rates) // 2]
-    image = load_rgb(args.input)
     device = resolve_device(args.device, codec.uses_gpu)
     start = time.perf_counter()
-    result = codec.encode_result(image, rate, device=device, seed=args.seed, name=str(args.input))
+    if codec.media == "video":
+        from .clips import load_input_frames
+
+        image = load_input_frames(args.input, frames=args.frames, raw=args.raw)
+        result = codec.encode_clip_result(image, rate, device=device, seed=args.seed, name=str(args.input))
+    else:
+        image = load_rgb(args.input)
+        result = codec.encode_result(image, rate, device=device, seed=args.seed, name=str(args.input))
     elapsed = time.perf_counter() - start
     write_bytes_atomic(args.output, result.data)
     if args.recon:
         from .codecs import decode_bitstream
-        from .imageio import save_png
 
         # Codecs that compute their own reconstruction report it; for the others it is the decoded file.
         recon = result.reconstruction
         if recon is None:
             recon = decode_bitstream(result.data, device=device, name=str(args.output))[1]
-        save_png(recon, args.recon)
-    h, w = image.shape[:2]
+        _save_decoded(recon, args.recon)
+    pixels = image.shape[-3] * image.shape[-2] * (image.shape[0] if image.ndim == 4 else 1)
     print(json.dumps({"output": str(args.output), "codec": codec.name, "rate": codec.rate_label(rate),
-                      "bytes": len(result.data), "bpp": 8 * len(result.data) / (w * h), "encode_s": round(elapsed, 4),
+                      "bytes": len(result.data), "bpp": 8 * len(result.data) / pixels, "encode_s": round(elapsed, 4),
+                      **({"frames": int(image.shape[0])} if image.ndim == 4 else {}),
                       **({"encoder": result.info} if result.info else {})}))
 
 
+def _save_decoded(image, dest) -> None:
+    """An image goes to a PNG file, a clip's frames into a new folder of PNGs."""
+    if image.ndim == 4:
+        from .clips import save_frames
+
+        save_frames(image, dest)
+    else:
+        from .imageio import save_png
+
+        save_png(image, dest)
+
+
 def cmd_decode(args) -> None:
-    from .imageio import save_png
     from .runner import decode_bitstream_data
 
     data = Path(args.input).read_bytes() if Path(args.input).is_file() else None
@@ -89,9 +106,10 @@ def cmd_decode(args) -> None:
     start = time.perf_counter()
     codec, _, image, _ = decode_bitstream_data(data, device=args.device, name=str(args.input))
     elapsed = time.perf_counter() - start
-    save_png(image, args.output)
-    print(json.dumps({"output": str(args.output), "codec": codec.name, "width": image.shape[1],
-                      "height": image.shape[0], "decode_s": round(elapsed, 4)}))
+    _save_decoded(image, args.output)
+    print(json.dumps({"output": str(args.output), "codec": codec.name, "width": image.shape[-2],
+                      "height": image.shape[-3], **({"frames": image.shape[0]} if image.ndim == 4 else {}),
+                      "decode_s": round(elapsed, 4)}))
 
 
 def cmd_eval(args) -> None:
@@ -147,11 +165,11 @@ def cmd_codecs(args) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'codec':<12} {'id':>3} {'gpu':<4} {'rate grid':<44} available")
+    print(f"{'codec':<15} {'id':>3} {'media':<6} {'gpu':<4} {'rate grid':<44} available")
     for r in rows:
         grid = f"{r['rate_param']} " + ",".join(f"{v:g}" for v in r["default_rates"])
         status = "yes" if r["available"] else f"no: {r['reason']}"
-        print(f"{r['name']:<12} {r['id']:>3} {'yes' if r['gpu'] else 'no':<4} {grid:<44} {status}")
+        print(f"{r['name']:<15} {r['id']:>3} {r['media']:<6} {'yes' if r['gpu'] else 'no':<4} {grid:<44} {status}")
         if args.verbose:
             print(f"{'':16}{r['description']}; options {r['options']}")
 
@@ -169,6 +187,7 @@ def cmd_datasets_list(args) -> None:
 
     print(f"{'name':<14} {'media':<6} {'files':>5} {'verified':<8} description")
     print(f"{'samples':<14} {'image':<6} {4:>5} {'bundled':<8} scikit-image's bundled photographs (no network)")
+    print(f"{'sample-clip':<14} {'video':<6} {1:>5} {'bundled':<8} 8 frames of Intel libvpl's 'cars' clip, 320x240 (no network)")
     print(f"{'local':<14} {'any':<6} {'-':>5} {'-':<8} a folder or glob of your own files")
     for spec in list_datasets():
         print(f"{spec.name:<14} {spec.media:<6} {len(spec.files):>5} {'sha256' if spec.verified else 'no':<8} {spec.description}")
@@ -186,15 +205,37 @@ def cmd_datasets_fetch(args) -> None:
 
 def cmd_manifest(args) -> None:
     from .datasets import resolve_items
-    from .manifest import build_manifest
+    from .manifest import build_clip_manifest, build_manifest
 
     try:
         source = json.loads(args.source)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--source: not valid JSON ({exc})") from None
-    root, items = resolve_items(source, args.datasets_dir)
-    frame = build_manifest(args.dataset, root, items, args.out)
-    print(json.dumps({"manifest": str(args.out), "items": len(frame), "root": str(root)}))
+    if args.frames_dir:
+        from .clips import frame_items
+
+        root, items = Path(args.frames_dir).resolve(), frame_items(args.frames_dir)
+        if not items:
+            raise InputError(f"{args.frames_dir}: no frames were extracted")
+    else:
+        root, items = resolve_items(source, args.datasets_dir)
+    frame = build_manifest(args.dataset, root, items, args.out, video=bool(args.frames_dir))
+    report = {"manifest": str(args.out), "items": len(frame), "root": str(root)}
+    if args.out_clips:
+        clips = build_clip_manifest(args.out, args.out_clips)
+        report.update(clip_manifest=str(args.out_clips), clips=len(clips))
+    print(json.dumps(report))
+
+
+def cmd_extract_frames(args) -> None:
+    from .clips import extract_dataset_frames
+
+    try:
+        source = json.loads(args.source)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--source: not valid JSON ({exc})") from None
+    frames = extract_dataset_frames(source, args.datasets_dir, args.out_dir)
+    print(json.dumps({"dataset": args.dataset, "frames_dir": str(args.out_dir), "frames": len(frames)}))
 
 
 # -- shard stages ------------------------------------------------------------------------------------
@@ -302,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ulbc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("encode", help="encode one image into a ulbc bitstream file")
+    p = sub.add_parser("encode", help="encode one image (or, for a video codec, a clip) into a ulbc bitstream file")
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--codec", required=True)
@@ -311,10 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", metavar="JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--recon", metavar="PNG", help="also write the encoder's own reconstruction (PNG)")
+    p.add_argument("--recon", metavar="PNG", help="also write the encoder's own reconstruction (PNG; a folder for a clip)")
+    p.add_argument("--frames", type=int, help="video codecs: code the first N frames of the clip")
+    p.add_argument("--raw", metavar="WxH[:PIX_FMT[:FPS]]", help="video codecs: geometry of a headerless YUV input")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="decode a ulbc bitstream file to PNG (reads only the bitstream)")
+    p = sub.add_parser("decode", help="decode a ulbc bitstream file to PNG, or a clip to a new folder of PNGs (reads only the bitstream)")
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--device", default="auto")
@@ -358,7 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, metavar="JSON", help='e.g. {"source": "local", "path": "imgs"}')
     p.add_argument("--datasets-dir", default="resources/datasets")
     p.add_argument("--out", required=True)
+    p.add_argument("--frames-dir", help="a video dataset's extracted frames (from extract-frames)")
+    p.add_argument("--out-clips", help="also write the clip manifest (what video codecs code)")
     p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("extract-frames", help="extract a video dataset's clips into lossless PNG frames")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--source", required=True, metavar="JSON", help='e.g. {"source": "sample-clip", "video": {"frames": 8}}')
+    p.add_argument("--datasets-dir", default="resources/datasets")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_extract_frames)
 
     p = sub.add_parser("encode-shard", help="workflow stage: encode one shard into a bitstream pack")
     _add_shard_args(p)

@@ -35,6 +35,11 @@ class MethodPlan:
     mem_mb: int
     runtime: int
     gpu: int
+    media: str = "image"  # "video": the codec codes clips (it reads the clip manifest)
+    datasets: tuple[str, ...] | None = None  # None: every dataset of the study
+
+    def runs_on(self, dataset: str) -> bool:
+        return self.datasets is None or dataset in self.datasets
 
     def rate_value(self, label: str) -> float:
         for point in self.rates:
@@ -107,24 +112,36 @@ def plan_methods(config: dict) -> dict[str, MethodPlan]:
             mem_mb=int(res.get("mem_mb", max(defaults.get("mem_mb", 2000), cls.job_mem_mb))),
             runtime=int(res.get("runtime", max(defaults.get("runtime", 60), cls.job_runtime))),
             gpu=int(res.get("gpu", 1 if cls.uses_gpu else 0)),
+            media=cls.media,
+            datasets=tuple(entry["datasets"]) if entry.get("datasets") is not None else None,
         )
     return plans
 
 
 def check_study(config: dict) -> dict[str, MethodPlan]:
     """Checks beyond the schema; returns the method plans the workflow wires jobs from."""
+    from .clips import SAMPLE_CLIP_SOURCE, frame_options, is_video_entry
     from .datasets import BUILTIN_SOURCES, DATASETS
 
     plans = plan_methods(config)
     for name, entry in config["datasets"].items():
         source = entry["source"]
-        if source not in BUILTIN_SOURCES and source not in DATASETS:
-            known = ", ".join([*BUILTIN_SOURCES, *sorted(DATASETS)])
+        if source not in BUILTIN_SOURCES and source not in DATASETS and source != SAMPLE_CLIP_SOURCE:
+            known = ", ".join([*BUILTIN_SOURCES, SAMPLE_CLIP_SOURCE, *sorted(DATASETS)])
             raise ConfigError(f"datasets.{name}: unknown source {source!r}; known: {known}")
+        if is_video_entry(entry):
+            try:
+                frame_options(entry)
+            except ConfigError as exc:
+                raise ConfigError(f"datasets.{name}: {exc}") from None
         if source == "local" and not entry.get("path"):
             raise ConfigError(f"datasets.{name}: source 'local' needs a 'path'")
         if "/" in name or name.startswith("."):
             raise ConfigError(f"datasets.{name}: dataset names cannot contain '/' or start with '.'")
+    for plan in plans.values():
+        unknown = [d for d in plan.datasets or () if d not in config["datasets"]]
+        if unknown:
+            raise ConfigError(f"methods.{plan.name}.datasets: {', '.join(unknown)} not among the study's datasets")
     for metric in config["metrics"]:
         get_metric(metric)
     if config["anchor"] not in plans:

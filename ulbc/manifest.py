@@ -2,6 +2,12 @@
 
 Built from headers and file hashes only (no decoding), so 10^5 items take seconds, and sharded by
 row ranges so a job reads the same items on every machine.
+
+Every dataset has two manifests. The item manifest lists images, or for a video dataset every
+extracted frame (``<clip>/<frame>.png``, with its ``clip``); image codecs read it. The clip
+manifest lists what video codecs code: one row per clip (``path`` is the clip's frame folder), or
+for an image dataset each image as a one-frame clip. It is derived from the item manifest without
+reading any file again.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("mode", pa.string()),  # the file's Pillow mode before conversion to RGB
-        pa.field("sha256", pa.string()),
+        pa.field("sha256", pa.string()),  # of the file; for a clip row, of its frames' hashes in order
+        pa.field("clip", pa.string()),  # the clip a frame belongs to ("" for a still image)
+        pa.field("frames", pa.int32()),  # 1, or a clip row's frame count
     ]
 )
 META_DATASET = b"ulbc.dataset"
@@ -73,9 +81,13 @@ def build_manifest(
     relpaths: Sequence[str],
     out_path: str | os.PathLike,
     *,
+    video: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Probe and hash every item, write the manifest Parquet atomically, return it as a DataFrame."""
+    """Probe and hash every item, write the manifest Parquet atomically, return it as a DataFrame.
+
+    With ``video``, the items are extracted frames and each one's folder names its clip.
+    """
     root = Path(root)
     if not relpaths:
         raise ConfigError(f"dataset {dataset}: no images found under {root}")
@@ -118,9 +130,51 @@ def build_manifest(
             "height": pa.array([r[1] for r in rows], pa.int32()),
             "mode": pa.array([r[2] for r in rows], pa.string()),
             "sha256": pa.array([r[3] for r in rows], pa.string()),
+            "clip": pa.array([clip_of(by_id[k]) if video else "" for k in ids], pa.string()),
+            "frames": pa.array([1] * len(ids), pa.int32()),
         },
         schema=MANIFEST_SCHEMA.with_metadata(metadata),
     )
+    with atomic_path(out_path) as tmp:
+        pq.write_table(table, tmp)
+    return table.to_pandas()
+
+
+def clip_of(relpath: str) -> str:
+    """The clip of an extracted frame: its folder ('walk/000003.png' -> 'walk')."""
+    parent = PurePosixPath(relpath).parent.as_posix()
+    if parent in ("", "."):
+        raise InputError(f"{relpath}: a video frame must sit in its clip's folder")
+    return parent
+
+
+def clip_hash(frame_hashes: Sequence[str]) -> str:
+    """Identity of a clip: the sha256 of its frames' sha256 digests (hex) in frame order."""
+    return hashlib.sha256("".join(frame_hashes).encode()).hexdigest()
+
+
+def build_clip_manifest(items_manifest: str | os.PathLike, out_path: str | os.PathLike) -> pd.DataFrame:
+    """Write the clip manifest derived from an item manifest (see the module docstring)."""
+    items, root, dataset = read_manifest(items_manifest)
+    video = items["clip"].ne("")
+    if video.any() and not video.all():
+        raise InputError(f"{items_manifest}: mixes video frames and still images")
+    if not video.any():
+        clips = items.assign(clip=items["item"], frames=1)
+    else:
+        rows = []
+        for clip, frames in items.groupby("clip", sort=True):
+            frames = frames.sort_values("path")
+            sizes = set(zip(frames["width"], frames["height"]))
+            if len(sizes) > 1:
+                raise InputError(f"{root / clip}: frames of one clip differ in size ({sorted(sizes)})")
+            (width, height), = sizes
+            rows.append(dict(item=clip, path=clip, width=width, height=height, mode="RGB",
+                             sha256=clip_hash(frames["sha256"].tolist()), clip=clip, frames=len(frames)))
+        clips = pd.DataFrame(rows)
+    table = pa.Table.from_pandas(clips[MANIFEST_SCHEMA.names], preserve_index=False).cast(MANIFEST_SCHEMA)
+    meta = pq.read_schema(items_manifest).metadata
+    table = table.replace_schema_metadata(meta)
     with atomic_path(out_path) as tmp:
         pq.write_table(table, tmp)
     return table.to_pandas()

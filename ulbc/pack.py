@@ -79,3 +79,8 @@ def bitstream_entry(item: str) -> str:
 
 def decoded_entry(item: str) -> str:
     return f"{item}.png"
+
+
+def decoded_frame_entry(item: str, index: int) -> str:
+    """Frame ``index`` (0-based) of a decoded clip."""
+    return f"{item}/{index:06d}.png"

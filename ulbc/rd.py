@@ -20,6 +20,7 @@ import pandas as pd
 
 from .errors import ConfigError, InputError
 from .fsutil import atomic_path
+from .schema import RD_LEVELS
 
 GROUP_KEYS = ["dataset", "method", "codec", "rate_label", "rate_value"]
 SUMMARY_COLUMNS = GROUP_KEYS + [
@@ -56,7 +57,8 @@ _PEAK = 255.0
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, method, codec, rate_label, rate_value) rate point.
+    """One row per (dataset, method, codec, rate_label, rate_value) rate point, over image and clip
+    rows (frame rows are left out: each clip row already stands for its frames).
 
     ``n_items`` counts every row and ``n_failed`` those with status != "ok"; all averages are over
     the ok rows only, so a failed item lowers neither the rate nor the quality. ``ms_ssim_rgb`` is
@@ -67,6 +69,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in _NEEDED_ROW_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"metrics table: missing column(s) {', '.join(missing)}")
+    if "level" in df.columns:
+        # Frames of a clip are summarised by the clip's own row, never counted as items.
+        df = df[df["level"].isin(RD_LEVELS) | df["level"].isna()]
     frame = df[_NEEDED_ROW_COLUMNS].copy()
     # A missing status counts as failed: only rows that say "ok" carry trustworthy metrics.
     frame["_failed"] = (~frame["status"].eq("ok").fillna(False).astype(bool)).astype("int64")

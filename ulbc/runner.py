@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -26,9 +27,9 @@ from .codecs.base import decode_container
 from .errors import InputError, UlbcError
 from .fsutil import atomic_path
 from .imageio import decode_png_bytes, encode_png, load_rgb
-from .manifest import read_manifest, shard_rows
+from .manifest import clip_hash, read_manifest, shard_rows
 from .metrics import compute_metrics
-from .pack import PackReader, bitstream_entry, decoded_entry, write_pack
+from .pack import PackReader, bitstream_entry, decoded_entry, decoded_frame_entry, write_pack
 from .provenance import canonical_json, derive_seed, describe_device, git_commit, library_versions, resolve_device
 from .schema import BITSTREAM_STAT_COLUMNS, METRIC_ROW_SCHEMA
 
@@ -115,6 +116,33 @@ def load_verified(root: Path, row) -> tuple[Path, Any]:
     return path, image
 
 
+def clip_frame_paths(root: Path, row) -> list[Path]:
+    """The frame files of a clip-manifest row: its folder's PNGs, or the one image of an image dataset."""
+    path = root / row.path
+    if int(row.frames) == 1 and path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{path}: listed in the clip manifest but missing")
+    frames = sorted(path.glob("*.png"))
+    if len(frames) != int(row.frames):
+        raise InputError(f"{path}: holds {len(frames)} frames, the manifest says {int(row.frames)}")
+    return frames
+
+
+def load_clip_verified(root: Path, row) -> tuple[Path, np.ndarray]:
+    """Load a clip-manifest row as (T, H, W, 3) frames, checked against the manifest's hash and size."""
+    paths = clip_frame_paths(root, row)
+    hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    digest = hashes[0] if len(paths) == 1 and paths[0] == root / row.path else clip_hash(hashes)
+    where = root / row.path
+    if digest != row.sha256:
+        raise InputError(f"{where}: changed since the manifest was built (sha256 {digest[:12]}, expected {row.sha256[:12]})")
+    frames = np.stack([load_rgb(p) for p in paths])
+    if frames.shape[1:3] != (row.height, row.width):
+        raise InputError(f"{where}: frame size {frames.shape[2]}x{frames.shape[1]} differs from the manifest")
+    return where, frames
+
+
 def encode_shard(
     manifest_path: str | os.PathLike,
     shard: int,
@@ -136,6 +164,7 @@ def encode_shard(
     dev = resolve_device(device, codec.uses_gpu)
     dev_name = describe_device(dev)
     version = codec.version()
+    load = load_clip_verified if codec.media == "video" else load_verified
     entries: dict[str, bytes] = {}
     log: dict[str, dict] = {}
 
@@ -152,7 +181,7 @@ def encode_shard(
         images, names, ok = [], [], []
         for row, item_seed in zip(batch, seeds):
             try:
-                path, image = load_verified(root, row)
+                path, image = load(root, row)
             except Exception as exc:  # noqa: BLE001 - recorded or re-raised as one line
                 record_error(row, exc, item_seed)
                 continue
@@ -235,11 +264,37 @@ def decode_shard(
                 log.append(dict(item=item, status="ok", error="", decode_s=elapsed, bytes=len(data),
                                 payload_bytes=len(container.payload), codec=codec.name, device=describe_device(dev),
                                 **{k: stats.get(k) for k in BITSTREAM_STAT_COLUMNS}))
-                yield decoded_entry(item), encode_png(image, compress_level=1)
+                if image.ndim == 4:  # a clip: one lossless PNG per frame
+                    for index, frame in enumerate(image):
+                        yield decoded_frame_entry(item, index), encode_png(frame, compress_level=1)
+                else:
+                    yield decoded_entry(item), encode_png(image, compress_level=1)
 
         count = write_pack(out_decoded, decoded())
     _write_table(log, DECODE_LOG_SCHEMA, out_log)
     return count
+
+
+def _clip_metrics(root: Path, row, record: dict, pack: PackReader, decoded_pack, metrics) -> list[dict]:
+    """Per-frame metrics of a decoded clip: fills the clip row (mean over frames: the usual video
+    PSNR is the mean of per-frame PSNR) and returns one row per frame."""
+    paths = clip_frame_paths(root, row)
+    _, originals = load_clip_verified(root, row)
+    frame_rows, keys = [], []
+    for index, (path, original) in enumerate(zip(paths, originals)):
+        entry = decoded_frame_entry(row.item, index)
+        if entry not in pack:
+            raise InputError(f"{decoded_pack}: clip {row.item!r} has no decoded frame {index}")
+        decoded = decode_png_bytes(pack.read(entry), f"{decoded_pack}:{entry}")
+        values = compute_metrics(metrics, original, decoded)
+        keys = list(values)
+        frame_rows.append(dict(record, item=f"{row.item}/{path.stem}", level="frame", frames=1, bytes=None,
+                               payload_bytes=None, bpp=math.nan, payload_bpp=math.nan, encode_s=math.nan,
+                               decode_s=math.nan, **dict.fromkeys(BITSTREAM_STAT_COLUMNS),
+                               **values, status="ok", error=""))
+    means = {k: float(np.mean([f[k] for f in frame_rows])) for k in keys}
+    record.update(means, status="ok", error="")
+    return frame_rows
 
 
 def metrics_shard(
@@ -278,19 +333,29 @@ def metrics_shard(
         library_versions=canonical_json(library_versions()),
     )
     empty_metrics = {"mse_rgb": math.nan, "psnr_rgb": math.nan, "ms_ssim_rgb": math.nan}
+    video_codec = codec.media == "video"
     out: list[dict] = []
     with PackReader(decoded_pack) as pack:
         for row in _progress(rows.itertuples(index=False), len(rows), f"metrics {spec.method} {label}", progress):
             e = enc.get(row.item)
             if e is None:
                 raise InputError(f"{encode_log}: no entry for item {row.item!r} of shard {shard}")
+            frames = int(row.frames) if video_codec else 1
+            is_clip = video_codec and not (root / row.path).is_file()
+            # A video codec's row is a clip, or an image coded as a one-frame clip (an image dataset's
+            # clip manifest); an image codec's row is an image, or one frame of a video dataset.
+            if video_codec:
+                level = "clip" if is_clip else "image"
+            else:
+                level = "frame" if row.clip else "image"
             record = dict(common, item=row.item, width=int(row.width), height=int(row.height), seed=e["seed"],
                           codec_version=e["codec_version"], encode_s=e["encode_s"], device=e["device"],
                           encode_info=e["encode_info"], **dict.fromkeys(BITSTREAM_STAT_COLUMNS),
                           bytes=None, payload_bytes=None, bpp=math.nan, payload_bpp=math.nan, decode_s=math.nan,
-                          **empty_metrics)
-            pixels = row.width * row.height
+                          level=level, clip=row.clip if level != "image" else "", frames=frames, **empty_metrics)
+            pixels = row.width * row.height * frames
             d = dec.get(row.item)
+            frame_records: list[dict] = []
             if e["status"] != "ok":
                 record.update(status=e["status"], error=e["error"])
             elif d is None:
@@ -302,10 +367,17 @@ def metrics_shard(
                 else:
                     record.update(payload_bytes=d["payload_bytes"], payload_bpp=8.0 * d["payload_bytes"] / pixels,
                                   **{k: d[k] for k in BITSTREAM_STAT_COLUMNS})
-                    _, original = load_verified(root, row)
-                    decoded = decode_png_bytes(pack.read(decoded_entry(row.item)), f"{decoded_pack}:{row.item}")
-                    record.update(compute_metrics(metrics, original, decoded), status="ok", error="")
+                    if is_clip:
+                        frame_records = _clip_metrics(root, row, record, pack, decoded_pack, metrics)
+                    else:
+                        _, original = load_verified(root, row)
+                        entry = decoded_entry(row.item)
+                        if entry not in pack and decoded_frame_entry(row.item, 0) in pack:
+                            entry = decoded_frame_entry(row.item, 0)  # an image coded as a one-frame clip
+                        decoded = decode_png_bytes(pack.read(entry), f"{decoded_pack}:{row.item}")
+                        record.update(compute_metrics(metrics, original, decoded), status="ok", error="")
             out.append(record)
+            out.extend(frame_records)
     _write_table(out, METRIC_ROW_SCHEMA, out_path, metadata={"ulbc_version": __version__, "git_commit": git_commit(),
                                                              "config_hash": config_hash})
     return len(out)

@@ -2,6 +2,12 @@
 
 One row per (dataset, item, method, rate point). Metric columns are NaN when a metric is undefined
 for the item (MS-SSIM on images under 161 pixels on a side) or when ``status`` is not "ok".
+
+Video datasets add two kinds of rows, told apart by ``level``: ``frame`` rows (one per frame, item
+``<clip>/<frame>``) and ``clip`` rows (one per clip: its bits over all its frames, the mean of its
+frames' metrics). Image codecs code each frame on its own, so their frame rows carry real bytes and
+the clip row sums them; a video codec's bits exist only per clip, so its frame rows have null bytes
+and NaN bpp. Summaries and BD-rates use ``image`` and ``clip`` rows only.
 """
 
 from __future__ import annotations
@@ -46,8 +52,15 @@ METRIC_ROW_SCHEMA = pa.schema(
         pa.field("bits_latent", pa.float64()),
         pa.field("macs_per_pixel", pa.float64()),
         pa.field("encode_info", pa.string()),  # JSON of encoder-side facts (training time, estimated rate, ...)
+        pa.field("level", pa.string()),  # image | frame | clip
+        pa.field("clip", pa.string()),  # the clip a frame or clip row belongs to ("" for images)
+        pa.field("frames", pa.int32()),  # frames the row covers (1 for images and frames)
     ]
 )
+
+LEVELS = ("image", "frame", "clip")
+#: Rows that are whole coded items: what rate-distortion summaries are made of.
+RD_LEVELS = ("image", "clip")
 
 BITSTREAM_STAT_COLUMNS = ("bits_nn", "bits_mask", "bits_latent", "macs_per_pixel")
 

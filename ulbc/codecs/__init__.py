@@ -74,6 +74,8 @@ def read_and_decode(path: str | os.PathLike, *, device: str = "cpu") -> tuple[Co
 from . import pillow_codecs  # noqa: E402,F401
 from . import ffmpeg_codecs  # noqa: E402,F401
 from . import overfitted  # noqa: E402,F401
+from . import video_ffmpeg  # noqa: E402,F401
+from . import nerv  # noqa: E402,F401
 
 __all__ = [
     "CODECS",

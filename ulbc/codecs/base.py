@@ -159,7 +159,10 @@ class Codec(ABC):
 
 
 def decode_container(container: bitstream.Container, codec: Codec, *, device: str = "cpu", name: str = "<bitstream>") -> np.ndarray:
-    """Run ``codec``'s decoder on a parsed container and check what it returns."""
+    """Run ``codec``'s decoder on a parsed container and check what it returns: an (H, W, 3) image,
+    or (T, H, W, 3) frames for a video codec."""
+    if isinstance(codec, VideoCodec):
+        return codec.decode_clip_container(container, device=device, name=name)
     try:
         image = codec.decode_payload(container.params, container.payload, container.width, container.height, device=device)
     except BitstreamError as exc:
@@ -173,3 +176,89 @@ def decode_container(container: bitstream.Container, codec: Codec, *, device: st
             f"{name}: {codec.name} decoded {image.dtype} {image.shape}, header says {expected}"
         )
     return image
+
+
+class VideoCodec(Codec):
+    """A codec whose item is a clip: (T, H, W, 3) uint8 RGB frames in, one bitstream out.
+
+    Subclasses implement :meth:`encode_clip_payload` and :meth:`decode_clip_payload`. The base class
+    stores the frame count (a varint) in front of the codec's own parameters, so every video
+    bitstream says how many frames it holds; ``bpp = 8 * bytes / (frames * H * W)``. A single image
+    is coded as a one-frame clip, so video codecs also run on image datasets.
+    """
+
+    media = "video"
+    #: Frame rate handed to encoders that need one (it does not change the bits per pixel).
+    nominal_fps: ClassVar[int] = 25
+
+    @abstractmethod
+    def encode_clip_payload(self, frames: np.ndarray, rate: float, *, device: str, seed: int) -> PayloadResult:
+        """Encode (T, H, W, 3) uint8 frames; return params, payload, encoder info and (optionally) the
+        encoder's own reconstruction (T, H, W, 3)."""
+
+    @abstractmethod
+    def decode_clip_payload(self, params: bytes, payload: bytes, width: int, height: int, n_frames: int, *,
+                            device: str) -> np.ndarray:
+        """Decode back to (n_frames, H, W, 3) uint8 frames."""
+
+    # Images are one-frame clips.
+    def encode_payload(self, image, rate, *, device, seed):
+        result = self.encode_clip_payload(image[None], rate, device=device, seed=seed)
+        return result.params, result.payload
+
+    def decode_payload(self, params, payload, width, height, *, device):
+        return self.decode_clip_payload(params, payload, width, height, 1, device=device)[0]
+
+    def _check_clip(self, frames: np.ndarray, name: str) -> None:
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            raise InputError(f"{name}: expected (T, H, W, 3) uint8 RGB frames, got {frames.dtype} {frames.shape}")
+        if frames.shape[0] < 1:
+            raise InputError(f"{name}: the clip has no frames")
+        self._check_image(frames[0], name)
+
+    def encode_clip_result(self, frames: np.ndarray, rate: float, *, device: str = "cpu", seed: int = 0,
+                           name: str = "<clip>") -> EncodeResult:
+        """Encode a clip into a complete bitstream (container included)."""
+        self._check_clip(frames, name)
+        rate = self.check_rate(rate)
+        try:
+            result = self.encode_clip_payload(np.ascontiguousarray(frames), rate, device=device, seed=seed)
+        except UlbcError as exc:
+            raise type(exc)(f"{name}: {exc}") from None
+        except (ValueError, OSError, RuntimeError, MemoryError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EncodeError(f"{name}: {self.name} encoder failed ({first})") from None
+        n_frames, height, width = frames.shape[:3]
+        params = bitstream.encode_varint(n_frames) + result.params
+        data = bitstream.Container(self.codec_id, width, height, params, result.payload).to_bytes()
+        return EncodeResult(data, result.info, result.reconstruction)
+
+    def encode_clip(self, frames: np.ndarray, rate: float, *, device: str = "cpu", seed: int = 0,
+                    name: str = "<clip>") -> bytes:
+        return self.encode_clip_result(frames, rate, device=device, seed=seed, name=name).data
+
+    def encode_batch(self, images, rate, *, device="cpu", seeds, names):
+        # An image handed to a video codec is a one-frame clip (with the frame count in front).
+        return [self.encode_clip_result(img[None] if img.ndim == 3 else img, rate, device=device, seed=s, name=n)
+                for img, s, n in zip(images, seeds, names)]
+
+    def decode_clip_container(self, container: bitstream.Container, *, device: str = "cpu",
+                              name: str = "<bitstream>") -> np.ndarray:
+        try:
+            n_frames, pos = bitstream.decode_varint(container.params, 0, "frame count")
+        except BitstreamError as exc:
+            raise BitstreamError(f"{name}: {exc}") from None
+        if n_frames < 1:
+            raise BitstreamError(f"{name}: the bitstream declares {n_frames} frames")
+        try:
+            frames = self.decode_clip_payload(container.params[pos:], container.payload, container.width,
+                                              container.height, n_frames, device=device)
+        except BitstreamError as exc:
+            raise BitstreamError(f"{name}: {exc}") from None
+        except (ValueError, OSError, RuntimeError, EOFError, IndexError, KeyError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BitstreamError(f"{name}: {self.name} decoder failed ({first})") from None
+        expected = (n_frames, container.height, container.width, 3)
+        if frames.shape != expected or frames.dtype != np.uint8:
+            raise BitstreamError(f"{name}: {self.name} decoded {frames.dtype} {frames.shape}, header says {expected}")
+        return frames

@@ -131,25 +131,15 @@ def _global_args(exe: str, loglevel: str = "error") -> list[str]:
     return [exe, "-hide_banner", "-nostats", "-loglevel", loglevel, "-sws_flags", _SWS_FLAGS]
 
 
-class _FfmpegIntraCodec(Codec):
-    """One yuv444p intra frame coded by an ffmpeg encoder, stored as the bare elementary stream."""
+class FfmpegTool:
+    """Finding ffmpeg and what it can do, for every codec that runs it: the subclass names its
+    ``encoder``, the ``decoders`` it accepts (first found wins) and its raw ``stream_format``."""
 
-    #: ffmpeg encoder name.
+    name: ClassVar[str]
     encoder: ClassVar[str]
-    #: ffmpeg decoders that read the stream, best first; the first one present is used.
     decoders: ClassVar[tuple[str, ...]]
-    #: ffmpeg muxer/demuxer of the bare stream.
     stream_format: ClassVar[str]
-    #: Smallest frame the encoder accepts; smaller images are padded by edge replication.
-    min_coded: ClassVar[tuple[int, int]] = (1, 1)
-    #: Finds the encoder library's version in the verbose log of an encode.
-    version_pattern: ClassVar[str]
 
-    @abstractmethod
-    def encoder_options(self, rate: float, *, verbose: bool = False) -> dict[str, Any]:
-        """ffmpeg output options that select and tune the encoder for ``rate``."""
-
-    # -- description -------------------------------------------------------------------------------
     @classmethod
     def _tool(cls, *, encoding: bool) -> tuple[str, str]:
         """(ffmpeg path, decoder to use); raises :class:`ToolMissingError` naming what is missing."""
@@ -185,6 +175,26 @@ class _FfmpegIntraCodec(Codec):
             return str(exc)
         return None
 
+
+class _FfmpegIntraCodec(FfmpegTool, Codec):
+    """One yuv444p intra frame coded by an ffmpeg encoder, stored as the bare elementary stream."""
+
+    #: ffmpeg encoder name.
+    encoder: ClassVar[str]
+    #: ffmpeg decoders that read the stream, best first; the first one present is used.
+    decoders: ClassVar[tuple[str, ...]]
+    #: ffmpeg muxer/demuxer of the bare stream.
+    stream_format: ClassVar[str]
+    #: Smallest frame the encoder accepts; smaller images are padded by edge replication.
+    min_coded: ClassVar[tuple[int, int]] = (1, 1)
+    #: Finds the encoder library's version in the verbose log of an encode.
+    version_pattern: ClassVar[str]
+
+    @abstractmethod
+    def encoder_options(self, rate: float, *, verbose: bool = False) -> dict[str, Any]:
+        """ffmpeg output options that select and tune the encoder for ``rate``."""
+
+    # -- description -------------------------------------------------------------------------------
     def version(self) -> str:
         exe = _ffmpeg_exe()
         if exe is None:

@@ -3,7 +3,7 @@
 
 rule encode_shard:
     input:
-        manifest=f"{RESULTS}/manifests/{{dataset}}.parquet",
+        manifest=method_manifest,
     output:
         pack=f"{RESULTS}/bitstreams/{SHARD_DIR}.zip",
         log=f"{RESULTS}/work/{SHARD_DIR}.encode.parquet",
@@ -47,7 +47,7 @@ rule decode_shard:
 
 rule metrics_shard:
     input:
-        manifest=f"{RESULTS}/manifests/{{dataset}}.parquet",
+        manifest=method_manifest,
         encode_log=f"{RESULTS}/work/{SHARD_DIR}.encode.parquet",
         decode_log=f"{RESULTS}/work/{SHARD_DIR}.decode.parquet",
         decoded=f"{RESULTS}/work/{SHARD_DIR}.decoded.zip",

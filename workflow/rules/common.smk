@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 import ulbc
+from ulbc.clips import is_video_entry
 from ulbc.config import check_study
 from ulbc.errors import UlbcError
 from ulbc.manifest import num_shards, shard_name
@@ -29,6 +30,7 @@ SEED = config["seed"]
 # The interpreter running Snakemake also runs the CLI, so no virtualenv needs activating in jobs.
 ULBC = f"{shlex.quote(sys.executable)} -m ulbc"
 SHARD_DIR = "{dataset}/{method}/{rate}/{shard}"
+VIDEO_DATASETS = {name: is_video_entry(entry) for name, entry in config["datasets"].items()}
 
 
 wildcard_constraints:
@@ -43,20 +45,39 @@ def plan(wildcards):
 
 
 def dataset_fetch_marker(wildcards):
-    """Registry datasets must be downloaded before their manifest; samples/local need nothing."""
+    """Registry datasets must be downloaded before their manifest; embedded and local ones need nothing."""
     source = config["datasets"][wildcards.dataset]["source"]
-    if source in ("samples", "local"):
+    if source in ("samples", "sample-clip", "local"):
         return []
     return f"{DATASETS_DIR}/{source}/.ulbc-fetched"
+
+
+def dataset_manifest_input(wildcards):
+    """A video dataset's manifest lists its extracted frames; others list files of the dataset."""
+    if VIDEO_DATASETS[wildcards.dataset]:
+        return f"{RESULTS}/frames/{wildcards.dataset}/.ulbc-frames.json"
+    return dataset_fetch_marker(wildcards)
+
+
+def method_manifest(wildcards):
+    """Video codecs code clips (the clip manifest); image codecs code images or frames."""
+    suffix = ".clips" if plan(wildcards).media == "video" else ""
+    return f"{RESULTS}/manifests/{wildcards.dataset}{suffix}.parquet"
 
 
 def shard_results(wildcards):
     """Every shard Parquet of the study; the shard count comes from each dataset's manifest."""
     paths = []
     for dataset in config["datasets"]:
-        manifest = checkpoints.manifest.get(dataset=dataset).output[0]
-        shards = [shard_name(s) for s in range(num_shards(manifest, ITEMS_PER_JOB))]
+        outputs = checkpoints.manifest.get(dataset=dataset).output
+        counts = {
+            media: num_shards(outputs[key], ITEMS_PER_JOB)
+            for media, key in (("image", "images"), ("video", "clips"))
+        }
         for method in PLANS.values():
+            if not method.runs_on(dataset):
+                continue
+            shards = [shard_name(s) for s in range(counts[method.media])]
             for point in method.rates:
                 paths += [
                     f"{RESULTS}/shards/{dataset}/{method.name}/{point.label}/{s}.parquet"

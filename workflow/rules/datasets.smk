@@ -22,18 +22,42 @@ rule fetch_dataset:
         "--done-file {output} 2> {log}"
 
 
-# A checkpoint: the number of shards is known once the manifest exists. One job per dataset,
-# so the DAG update after it is cheap even for 10^5-item datasets.
-checkpoint manifest:
+# Video datasets: every clip becomes a folder of lossless PNG frames (ffmpeg), once per study.
+rule extract_frames:
     input:
         dataset_fetch_marker,
     output:
-        f"{RESULTS}/manifests/{{dataset}}.parquet",
+        f"{RESULTS}/frames/{{dataset}}/.ulbc-frames.json",
+    log:
+        f"{LOGS}/frames/{{dataset}}.log",
+    params:
+        source=lambda wc: json.dumps(config["datasets"][wc.dataset], sort_keys=True),
+        out_dir=lambda wc: f"{RESULTS}/frames/{wc.dataset}",
+    resources:
+        runtime=120,
+    shell:
+        "{ULBC} extract-frames --dataset {wildcards.dataset} --source {params.source:q} "
+        "--datasets-dir {DATASETS_DIR} --out-dir {params.out_dir} 2> {log}"
+
+
+# A checkpoint: the number of shards is known once the manifests exist. One job per dataset,
+# so the DAG update after it is cheap even for 10^5-item datasets. `images` lists images (or a
+# video dataset's frames) for image codecs; `clips` lists what video codecs code.
+checkpoint manifest:
+    input:
+        dataset_manifest_input,
+    output:
+        images=f"{RESULTS}/manifests/{{dataset}}.parquet",
+        clips=f"{RESULTS}/manifests/{{dataset}}.clips.parquet",
     log:
         f"{LOGS}/manifest/{{dataset}}.log",
     params:
         source=lambda wc: json.dumps(config["datasets"][wc.dataset], sort_keys=True),
+        frames=lambda wc: (
+            f"--frames-dir {RESULTS}/frames/{wc.dataset}" if VIDEO_DATASETS[wc.dataset] else ""
+        ),
     localrule: True
     shell:
         "{ULBC} manifest --dataset {wildcards.dataset} --source {params.source:q} "
-        "--datasets-dir {DATASETS_DIR} --out {output} 2> {log}"
+        "--datasets-dir {DATASETS_DIR} {params.frames} --out {output.images} --out-clips {output.clips} "
+        "2> {log}"
