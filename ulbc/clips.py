@@ -83,7 +83,7 @@ def video_sources(entry: Mapping[str, Any], datasets_dir: str | os.PathLike) -> 
         path = embedded_clip_path()
         return path.parent, [path.name], None
     if kind == "local":
-        from .datasets import _local_items
+        from .datasets import _local_items, _visible_files
 
         if entry.get("pattern") or any(ch in str(entry.get("path", "")) for ch in "*?["):
             root, rels = _local_items(entry)
@@ -93,9 +93,7 @@ def video_sources(entry: Mapping[str, Any], datasets_dir: str | os.PathLike) -> 
                 if root.is_file():
                     return root.parent, [root.name], None
                 raise ConfigError(f"local video dataset: {entry.get('path')} does not exist")
-            rels = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                          if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
-                          and not any(part.startswith(".") for part in p.relative_to(root).parts))
+            rels = [rel for rel in _visible_files(root, root.rglob("*")) if Path(rel).suffix.lower() in VIDEO_EXTENSIONS]
         if not rels:
             raise ConfigError(f"local video dataset: no videos ({'/'.join(sorted(VIDEO_EXTENSIONS))}) under {entry.get('path')}")
         return root, rels, None

@@ -178,6 +178,16 @@ def decode_container(container: bitstream.Container, codec: Codec, *, device: st
     return image
 
 
+def torch_and_constriction_missing() -> str | None:
+    """Availability of the codecs built on PyTorch and constriction: None, or why not."""
+    try:
+        import constriction  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        return f"needs torch and constriction ({exc})"
+    return None
+
+
 class VideoCodec(Codec):
     """A codec whose item is a clip: (T, H, W, 3) uint8 RGB frames in, one bitstream out.
 

@@ -131,6 +131,14 @@ def _global_args(exe: str, loglevel: str = "error") -> list[str]:
     return [exe, "-hide_banner", "-nostats", "-loglevel", loglevel, "-sws_flags", _SWS_FLAGS]
 
 
+def integer_option(codec: Codec, key: str, low: int, high: int, note: str = "") -> int:
+    """An encoder option that must be an integer in [low, high] (bool refused), or a ConfigError."""
+    value = codec.options[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"codec {codec.name!r}: {key} must be an integer {low}-{high}{note}, got {value!r}")
+    return value
+
+
 class FfmpegTool:
     """Finding ffmpeg and what it can do, for every codec that runs it: the subclass names its
     ``encoder``, the ``decoders`` it accepts (first found wins) and its raw ``stream_format``."""
@@ -323,9 +331,7 @@ class Av1IntraCodec(_FfmpegIntraCodec):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        cpu_used = self.options["cpu_used"]
-        if isinstance(cpu_used, bool) or not isinstance(cpu_used, int) or not 0 <= cpu_used <= 8:
-            raise ConfigError(f"codec {self.name!r}: cpu_used must be an integer 0-8, got {cpu_used!r}")
+        integer_option(self, "cpu_used", 0, 8)
 
     def encoder_options(self, rate, *, verbose=False):
         return {

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError, EncodeError
-from .base import PayloadResult, VideoCodec
+from .base import PayloadResult, VideoCodec, torch_and_constriction_missing
 from . import register_codec
 
 _COMMON_OPTIONS: dict[str, Any] = {
@@ -106,12 +106,7 @@ class _NeRVCodec(VideoCodec):
 
     @classmethod
     def availability(cls) -> str | None:
-        try:
-            import constriction  # noqa: F401
-            import torch  # noqa: F401
-        except ImportError as exc:
-            return f"needs torch and constriction ({exc})"
-        return None
+        return torch_and_constriction_missing()
 
     def version(self) -> str:
         import torch

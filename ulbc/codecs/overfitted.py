@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from ..errors import ConfigError, EncodeError
-from .base import Codec, PayloadResult
+from .base import Codec, PayloadResult, torch_and_constriction_missing
 from . import register_codec
 
 _COMMON_OPTIONS: dict[str, Any] = {
@@ -64,12 +64,7 @@ class _OverfittedCodec(Codec):
 
     @classmethod
     def availability(cls) -> str | None:
-        try:
-            import constriction  # noqa: F401
-            import torch  # noqa: F401
-        except ImportError as exc:
-            return f"needs torch and constriction ({exc})"
-        return None
+        return torch_and_constriction_missing()
 
     def version(self) -> str:
         import torch

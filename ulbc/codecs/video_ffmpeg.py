@@ -147,9 +147,7 @@ class _FfmpegVideoCodec(_ff.FfmpegTool, VideoCodec):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        keyint = self.options["keyint"]
-        if isinstance(keyint, bool) or not isinstance(keyint, int) or not 1 <= keyint <= 10000:
-            raise ConfigError(f"codec {self.name!r}: keyint must be an integer 1-10000 (1: all intra), got {keyint!r}")
+        _ff.integer_option(self, "keyint", 1, 10000, " (1: all intra)")
         if self.options["pix_fmt"] not in PIX_FMTS:
             raise ConfigError(f"codec {self.name!r}: pix_fmt {self.options['pix_fmt']!r} is not one of {', '.join(PIX_FMTS)}")
 
@@ -349,9 +347,7 @@ class Av1Codec(_FfmpegVideoCodec):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        cpu_used = self.options["cpu_used"]
-        if isinstance(cpu_used, bool) or not isinstance(cpu_used, int) or not 0 <= cpu_used <= 8:
-            raise ConfigError(f"codec {self.name!r}: cpu_used must be an integer 0-8, got {cpu_used!r}")
+        _ff.integer_option(self, "cpu_used", 0, 8)
 
     def encoder_options(self, rate, *, verbose=False):
         keyint = self.options["keyint"]
