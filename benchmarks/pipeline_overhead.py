@@ -1,20 +1,17 @@
-"""The workflow's own cost per item, and the dry-run DAG build time at 10^4 and 10^5 items.
+"""The workflow's own cost per item.
 
-1. 1 000 tiny images (16x16 crops of a real photo) through the whole workflow with one cheap codec
-   (jpeg, one rate point) at two shard sizes. Overhead per item = (wall time of the Snakemake run
-   - the codec's own encode + decode time from metrics.parquet) / items.
-2. `snakemake -n` on synthetic manifests of 10^4 and 10^5 items with the default five methods and
-   their full rate grids: wall time and peak RSS of the DAG build, and jobs per (method, rate point).
+1 000 tiny images (16x16 crops of a real photo) through the whole workflow with one cheap codec (jpeg,
+one rate point) at two shard sizes. Overhead per item = (wall time of the Snakemake run - the codec's
+own encode + decode time from metrics.parquet) / items. The DAG build at 10^3-10^5 items and the
+aggregation of 10^6 rows are measured by benchmarks/scale.py.
 
-Usage: .venv/bin/python benchmarks/pipeline_overhead.py [--items 1000] [--shard-sizes 100 1000]
-       [--dag-items 10000 100000] [--workdir DIR]
+Usage: .venv/bin/python benchmarks/pipeline_overhead.py [--items 1000] [--shard-sizes 100 1000] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -24,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from PIL import Image
@@ -83,48 +79,14 @@ def overhead_run(root: Path, items: int, shard_size: int, cores: int) -> dict:
     wall, _, _ = run_snakemake(work, config, "--cores", str(cores), "--quiet", "all")
     df = pq.read_table(work / "results" / "overhead" / "metrics.parquet").to_pandas()
     codec_s = float(df["encode_s"].sum() + df["decode_s"].sum())
-    return {"items": len(df), "shard_size": shard_size, "shard_jobs": 3 * -(-items // shard_size), "wall_s": wall,
+    return {"items": len(df), "shard_size": shard_size, "shard_jobs": 2 * -(-items // shard_size), "wall_s": wall,
             "codec_s": codec_s, "overhead_ms_per_item": 1000 * (wall - codec_s) / len(df)}
-
-
-def synthetic_manifest(path: Path, n: int) -> None:
-    from ulbc import __version__
-
-    items = [f"img{i:07d}" for i in range(n)]
-    table = pa.table({
-        "item": items, "path": [f"{i}.png" for i in items],
-        "width": pa.array(np.full(n, 768), pa.int32()), "height": pa.array(np.full(n, 512), pa.int32()),
-        "mode": ["RGB"] * n, "sha256": ["0" * 64] * n,
-    }).replace_schema_metadata({"ulbc.dataset": "big", "ulbc.root": str(path.parent), "ulbc.ulbc_version": __version__})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-
-
-def dag_run(root: Path, n: int) -> dict:
-    work = root / f"dag{n}"
-    results = work / "results"
-    synthetic_manifest(results / "dag" / "manifests" / "big.parquet", n)
-    (work / "images").mkdir(parents=True, exist_ok=True)
-    config = work / "study.yaml"
-    config.write_text(yaml.safe_dump({
-        "study": "dag", "datasets": {"big": {"source": "local", "path": str(work / "images")}},
-        "paths": {"results": str(results), "datasets": str(work / "resources")},
-    }))
-    wall, rss, out = run_snakemake(work, config, "-n", "--quiet", "rules")
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out, flags=re.M))
-    from ulbc.config import load_config, plan_methods
-
-    plans = plan_methods(load_config(config))
-    points = sum(len(p.rates) for p in plans.values())
-    return {"items": n, "rate_points": points, "jobs": int(counts.get("total", 0)),
-            "encode_jobs_per_point": int(counts.get("encode_shard", 0)) // points, "dry_run_s": wall, "peak_rss_mb": rss}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--shard-sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--dag-items", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
@@ -133,9 +95,6 @@ def main() -> None:
     rows = [overhead_run(root, args.items, s, args.cores) for s in args.shard_sizes]
     print("\nWorkflow overhead (wall time minus jpeg encode+decode time), 16x16 items:")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    dags = [dag_run(root, n) for n in args.dag_items]
-    print("\nDry-run DAG build, default 5 methods with their full rate grids, items_per_job 500:")
-    print(pd.DataFrame(dags).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
 
 
 if __name__ == "__main__":

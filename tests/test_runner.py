@@ -10,7 +10,7 @@ from PIL import Image
 from ulbc.errors import UlbcError
 from ulbc.manifest import build_manifest
 from ulbc.pack import PackReader
-from ulbc.runner import MethodSpec, decode_shard, encode_shard, metrics_shard
+from ulbc.runner import MethodSpec, decode_shard, encode_shard, evaluate_shard, metrics_shard
 from ulbc.schema import METRIC_ROW_SCHEMA
 
 
@@ -53,6 +53,36 @@ def test_shard_pipeline(tmp_path, dataset):
     # The last, partial shard.
     _, last = run_all(tmp_path / "s1", manifest, spec, shard=1)
     assert last.column("item").to_pylist() == ["p2"]
+
+
+def test_evaluate_shard_is_decode_then_metrics_without_leftovers(tmp_path, dataset):
+    """The workflow's one-job decode + metrics gives the rows of the two stages run separately and leaves
+    no decoded images behind."""
+    _, manifest = dataset
+    spec = MethodSpec("webp", "webp", 50)
+    w, separate = run_all(tmp_path, manifest, spec)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    rows = evaluate_shard(manifest, 0, 2, spec, w / "b.zip", w / "e.parquet", tmp_path / "one.parquet",
+                          config_hash="abc", progress=False, scratch=scratch)
+    combined = pq.read_table(tmp_path / "one.parquet")
+    assert rows == combined.num_rows == 2
+    timing = ["decode_s"]
+    assert combined.drop_columns(timing).equals(separate.drop_columns(timing))
+    assert not list(scratch.iterdir())
+
+
+def test_evaluate_shard_error_leaves_no_output(tmp_path, dataset):
+    _, manifest = dataset
+    spec = MethodSpec("webp", "webp", 50)
+    w = tmp_path / "w"
+    encode_shard(manifest, 0, 2, spec, w / "b.zip", w / "e.parquet", progress=False)
+    data = bytearray((w / "b.zip").read_bytes())
+    (tmp_path / "bad.zip").write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(UlbcError, match="bad.zip"):
+        evaluate_shard(manifest, 0, 2, spec, tmp_path / "bad.zip", w / "e.parquet", tmp_path / "out.parquet",
+                       progress=False)
+    assert not (tmp_path / "out.parquet").exists()
 
 
 def test_encoding_is_reproducible(tmp_path, dataset):

@@ -1,9 +1,10 @@
 """Gather the per-shard metric Parquets of a study into one sorted ``metrics.parquet``.
 
-A study of 10^5 items writes thousands of small shard files; this is the single fan-in job. Every
-shard is checked against :data:`ulbc.schema.METRIC_ROW_SCHEMA` from its footer alone before any
-data is read, so a stale or foreign file is named in a one-line error instead of surfacing as an
-obscure type-promotion failure deep inside dask or Arrow.
+A study of 10^5 items writes thousands of small shard files; this is the single fan-in job. Each
+shard's footer is checked against :data:`ulbc.schema.METRIC_ROW_SCHEMA` before its data is read,
+so a stale or foreign file is named in a one-line error instead of surfacing as an obscure
+type-promotion failure deep inside dask or Arrow. Files are opened once each and read by Arrow on
+a few threads; the per-file cost, not the row count, is what matters at 10^4 shards.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ ENGINES = ("dask", "pyarrow")
 SORT_KEYS = ("dataset", "method", "rate_value", "item")
 METADATA_PREFIX = "ulbc."
 
-# Footer reads are I/O-bound and release the GIL; a few threads hide file-open latency even on 2 cores.
-_SCHEMA_CHECK_THREADS = 8
+# Parquet reads release the GIL; a few threads also hide file-open latency, even on 2 cores.
+_READ_THREADS = 4
+# Shard files per dask partition.
+_DASK_BATCH = 256
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -52,9 +55,9 @@ def _schema_difference(found: pa.Schema, expected: pa.Schema = METRIC_ROW_SCHEMA
     return None
 
 
-def _read_footer_schema(path: str) -> pa.Schema:
+def _open(path: str) -> pq.ParquetFile:
     try:
-        return pq.read_schema(path)
+        return pq.ParquetFile(path)
     except FileNotFoundError:
         raise InputError(f"{path}: shard file does not exist") from None
     except IsADirectoryError:
@@ -63,71 +66,70 @@ def _read_footer_schema(path: str) -> pa.Schema:
         raise InputError(f"{path}: not a readable Parquet file ({_one_line(exc)})") from None
 
 
-def check_shard_schema(path: str | os.PathLike) -> None:
-    """Raise InputError naming ``path`` and its first differing column if it is not a ulbc row file."""
-    path = os.fspath(path)
-    difference = _schema_difference(_read_footer_schema(path))
+def _check_schema(path: str, found: pa.Schema) -> None:
+    difference = _schema_difference(found)
     if difference:
         raise InputError(f"{path}: schema differs from ulbc's row schema: {difference}")
 
 
-def _check_all(paths: Sequence[str]) -> None:
-    """Check every footer; the first failing path in input order is the one reported."""
+def check_shard_schema(path: str | os.PathLike) -> None:
+    """Raise InputError naming ``path`` and its first differing column if it is not a ulbc row file."""
+    path = os.fspath(path)
+    with _open(path) as shard:
+        _check_schema(path, shard.schema_arrow)
+
+
+def read_shard(path: str | os.PathLike) -> pa.Table:
+    """One shard's rows; the footer is checked against the row schema before any data is read, and
+    every problem is a one-line InputError naming the file."""
+    path = os.fspath(path)
+    with _open(path) as shard:
+        _check_schema(path, shard.schema_arrow)
+        try:
+            # One thread per file: the callers read many files in parallel instead.
+            table = shard.read(use_threads=False)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{path}: damaged data in a shard file ({_one_line(exc)})") from None
+    if not table.schema.equals(METRIC_ROW_SCHEMA, check_metadata=False):
+        table = table.cast(METRIC_ROW_SCHEMA)  # same names and types; nullability flags may differ
+    return table.replace_schema_metadata(None)
+
+
+def _read_many(paths: Sequence[str]) -> pa.Table:
+    """read_shard over ``paths`` on a few threads (Arrow releases the GIL), concatenated in path order."""
     if len(paths) < 64:
-        for path in paths:
-            check_shard_schema(path)
-        return
-    with ThreadPoolExecutor(max_workers=_SCHEMA_CHECK_THREADS) as pool:
-        # map() yields in input order and re-raises the first error it reaches, so the report
-        # does not depend on thread timing.
-        for _ in pool.map(check_shard_schema, paths, chunksize=64):
-            pass
+        tables = [read_shard(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+            # map() yields in input order and re-raises the first error it reaches, so the file
+            # reported does not depend on thread timing.
+            tables = list(pool.map(read_shard, paths, chunksize=32))
+    return pa.concat_tables(tables).combine_chunks()
 
 
 def _read_with_pyarrow(paths: Sequence[str]) -> pa.Table:
-    import pyarrow.dataset as ds
-
-    # An explicit schema stops the dataset from opening files at discovery time; partitioning=None
-    # keeps "key=value" folder names in shard paths from turning into extra columns.
-    dataset = ds.dataset(list(paths), schema=METRIC_ROW_SCHEMA, format="parquet", partitioning=None)
-    return dataset.to_table()
+    return _read_many(paths)
 
 
-def _hive_like(paths: Sequence[str]) -> bool:
-    """True if any shard sits below a "key=value" folder, which Arrow would parse as a column."""
-    return any("=" in part for p in paths for part in os.path.dirname(os.path.abspath(p)).split(os.sep))
+def _read_batch_frame(paths: Sequence[str]) -> pd.DataFrame:
+    # Arrow-backed columns keep NaN distinct from null and int32 as int32, so the frame converts
+    # back to exactly the table the pyarrow engine produces.
+    return _read_many(paths).to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def _read_with_dask(paths: Sequence[str]) -> pa.Table:
+    """One dask partition per batch of shard files, computed on dask's threaded scheduler.
+
+    dask's own read_parquet plans one partition per small file here, and its per-file overhead
+    (~5 ms) dominates at 10^4 shards; batches of files read by Arrow keep dask's parallelism
+    without that cost, and work unchanged on a dask.distributed cluster.
+    """
     import dask
     import dask.dataframe as dd
-    import pyarrow.fs
 
-    common = {
-        "columns": list(METRIC_ROW_SCHEMA.names),
-        "calculate_divisions": False,
-        "index": False,
-        # Arrow-backed columns keep NaN distinct from null and int32 as int32, so the frame
-        # converts back to exactly the table the pyarrow engine produces.
-        "dtype_backend": "pyarrow",
-    }
-    if not _hive_like(paths):
-        # dask's Arrow-filesystem reader plans from the path list plus a 3-file statistics sample
-        # and fuses ~100 small files per partition: ~15 s for 10^4 shards on 2 cores.
-        frame = dd.read_parquet(
-            [os.path.abspath(p) for p in paths], filesystem=pyarrow.fs.LocalFileSystem(), **common
-        )
-    else:
-        # That reader always applies hive partitioning, which breaks on a "method=..." folder. The
-        # fsspec reader accepts partitioning=None but makes one partition per file (~4x slower).
-        frame = dd.read_parquet(
-            list(paths),
-            dataset={"schema": METRIC_ROW_SCHEMA, "partitioning": None},
-            split_row_groups=False,  # one partition per file, without reading every footer again
-            blocksize=None,
-            ignore_metadata_file=True,
-            **common,
-        )
+    batches = [list(paths[i : i + _DASK_BATCH]) for i in range(0, len(paths), _DASK_BATCH)]
+    meta = METRIC_ROW_SCHEMA.empty_table().to_pandas(types_mapper=pd.ArrowDtype)
+    frame = dd.from_map(_read_batch_frame, batches, meta=meta, enforce_metadata=False)
     with dask.config.set(scheduler="threads"):
         pdf = frame.compute()
     return pa.Table.from_pandas(pdf, schema=METRIC_ROW_SCHEMA, preserve_index=False)
@@ -195,22 +197,16 @@ def aggregate_shards(
     """Concatenate the shard Parquets into one file sorted by (dataset, method, rate_value, item).
 
     The output carries METRIC_ROW_SCHEMA and ``metadata`` as ``ulbc.<key>`` key-value pairs (run
-    provenance). Both engines yield the same table (NaN and null kept apart); "pyarrow" is the
-    lighter path, about twice as fast as "dask" at 10^4 shards. Returns the number of rows written.
+    provenance). Both engines yield the same table (NaN and null kept apart) at about the same speed
+    on one machine (benchmarks/scale.py); "dask" partitions the work in batches of shard files,
+    "pyarrow" needs no dask. Returns the number of rows written.
     """
     if engine not in ENGINES:
         raise ConfigError(f"aggregate engine {engine!r}: expected one of {', '.join(ENGINES)}")
     paths = [os.fspath(p) for p in shard_paths]
     if not paths:
         raise InputError(f"{os.fspath(out_path)}: no shard files to aggregate")
-    _check_all(paths)
-    try:
-        table = _read_with_dask(paths) if engine == "dask" else _read_with_pyarrow(paths)
-    except (OSError, pa.ArrowException) as exc:
-        # Footers were fine, so a data page is damaged; the readers do not say which file.
-        raise InputError(
-            f"{os.fspath(out_path)}: reading the {len(paths)} shard files failed ({_one_line(exc)})"
-        ) from None
+    table = _read_with_dask(paths) if engine == "dask" else _read_with_pyarrow(paths)
     table = _sorted(with_clip_rows(table))
     table = table.replace_schema_metadata(
         {f"{METADATA_PREFIX}{key}": str(value) for key, value in (metadata or {}).items()}

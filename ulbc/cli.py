@@ -264,6 +264,15 @@ def cmd_metrics_shard(args) -> None:
     print(f"measured {n} items -> {args.out}", file=sys.stderr)
 
 
+def cmd_evaluate_shard(args) -> None:
+    from .runner import evaluate_shard
+
+    n = evaluate_shard(args.manifest, args.shard, args.items_per_job, _spec(args), args.pack, args.encode_log,
+                       args.out, metrics=args.metric or ("psnr", "ms-ssim"), config_hash=args.config_hash,
+                       device=args.device, on_error=args.on_error, progress=not args.quiet)
+    print(f"decoded and measured {n} rows -> {args.out}", file=sys.stderr)
+
+
 # -- study level ------------------------------------------------------------------------------------------
 def cmd_aggregate(args) -> None:
     from .aggregate import aggregate_shards
@@ -443,6 +452,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-hash", default="")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_metrics_shard)
+
+    p = sub.add_parser("evaluate-shard", help="workflow stage: decode a shard's pack and measure it -> Parquet "
+                       "(decode-shard + metrics-shard, decoded images in $TMPDIR)")
+    _add_shard_args(p)
+    _add_method_args(p)
+    p.add_argument("--pack", required=True)
+    p.add_argument("--encode-log", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metric", action="append")
+    p.add_argument("--config-hash", default="")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="fail")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate_shard)
 
     p = sub.add_parser("aggregate", help="gather shard Parquets into one metrics.parquet")
     p.add_argument("shards", nargs="*")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -24,10 +25,15 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
 
     The temporary file lives in the destination's folder so the final ``os.replace`` is atomic on
-    POSIX file systems; on any exception it is removed and ``dest`` is left untouched.
+    POSIX file systems; on any exception it is removed and ``dest`` is left untouched. A writer that
+    was killed outright (SIGKILL, a lost node) cannot clean up; the next writer of the same
+    destination removes what it left.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_parts(dest):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -39,6 +45,14 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def stale_parts(dest: str | os.PathLike) -> list[Path]:
+    """Temporary files that atomic_path writers of ``dest`` left behind."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    return sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*.part"))
 
 
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:

@@ -1,4 +1,5 @@
 # Module-level code runs on every Snakemake start (and in every cluster job): keep it O(1) in items.
+import functools
 import json
 import re
 import shlex
@@ -42,6 +43,30 @@ wildcard_constraints:
 
 def plan(wildcards):
     return PLANS[wildcards.method]
+
+
+@functools.cache
+def _method_arguments(method, rate):
+    the_plan = PLANS[method]
+    options = shlex.quote(json.dumps(the_plan.options, sort_keys=True))
+    return (f"--method {method} --codec {the_plan.codec} --rate {the_plan.rate_value(rate)!r} "
+            f"--options {options}")
+
+
+def method_arguments(wildcards):
+    """The CLI arguments naming a shard's method, codec, rate point and options."""
+    return _method_arguments(wildcards.method, wildcards.rate)
+
+
+@functools.cache
+def _evaluation_arguments(dataset, method, rate):
+    job_hash = PLANS[method].job_hash(config["datasets"][dataset], rate, SEED, ITEMS_PER_JOB)
+    return f"{_method_arguments(method, rate)} --config-hash {job_hash}"
+
+
+def evaluation_arguments(wildcards):
+    """method_arguments plus the hash of the config that determines the shard's rows (provenance)."""
+    return _evaluation_arguments(wildcards.dataset, wildcards.method, wildcards.rate)
 
 
 def dataset_fetch_marker(wildcards):
