@@ -32,3 +32,18 @@ system-deps:
 
 clean:
 	rm -rf results logs .snakemake
+
+# A real one-node SLURM cluster on localhost (Debian 12, root or passwordless sudo) for
+# tests/test_slurm.py; .ci/run brings it up before `make test`.
+.PHONY: slurm-up slurm-down slurm-status test-slurm
+slurm-up:
+	bash ci/slurm/up.sh
+
+slurm-down:
+	bash ci/slurm/down.sh
+
+slurm-status:
+	bash ci/slurm/status.sh
+
+test-slurm: install
+	$(BIN)/pytest -v -m slurm tests/test_slurm.py
