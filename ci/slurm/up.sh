@@ -229,7 +229,9 @@ start_mariadb() {
       || { tail -n 20 /tmp/ulbc-slurm-mariadb-install.log >&2; die "mariadb-install-db failed"; }
   fi
   if pidfile_alive /run/mysqld/mysqld.pid mariadbd; then log "mariadbd already running"; else
-    nohup /usr/sbin/mariadbd --user=mysql --pid-file=/run/mysqld/mysqld.pid \
+    # mariadbd does not daemonize itself: start it in a session of its own, or it dies with the
+    # caller's process group (seen when the shell that ran up.sh was torn down).
+    setsid nohup /usr/sbin/mariadbd --user=mysql --pid-file=/run/mysqld/mysqld.pid \
       > "$LOG_DIR/mariadbd.log" 2>&1 < /dev/null &
     log "mariadbd started"
   fi
