@@ -277,7 +277,14 @@ def _library_version(exe: str, cls: type[_FfmpegIntraCodec]) -> str:
     return f"{cls.encoder} {match.group(1)}" if match else cls.encoder
 
 
-X265_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+# The preset names libx264 and libx265 share.
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+
+
+def check_x26x_preset(codec: Codec) -> None:
+    """Refuse a preset that libx264/libx265 do not know, naming the codec."""
+    if codec.options["preset"] not in X26X_PRESETS:
+        raise ConfigError(f"codec {codec.name!r}: preset {codec.options['preset']!r} is not one of {', '.join(X26X_PRESETS)}")
 
 
 @register_codec
@@ -301,8 +308,7 @@ class HevcIntraCodec(_FfmpegIntraCodec):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        if self.options["preset"] not in X265_PRESETS:
-            raise ConfigError(f"codec {self.name!r}: preset {self.options['preset']!r} is not one of {', '.join(X265_PRESETS)}")
+        check_x26x_preset(self)
 
     def encoder_options(self, rate, *, verbose=False):
         # info=0 drops x265's "info" SEI (~3 KB of settings text) that would be counted as payload.

@@ -48,7 +48,6 @@ from . import ffmpeg_codecs as _ff
 from . import register_codec
 from .base import PayloadResult, VideoCodec
 
-PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 PIX_FMTS = ("yuv420p", "yuv444p")
 
 # ffmpeg lines that say nothing about the cause: closing lines, and repeats of an earlier message.
@@ -248,11 +247,6 @@ def _library_version(exe: str, cls: type[_FfmpegVideoCodec]) -> str:
     return f"{cls.encoder} {match.group(1)}" if match else cls.encoder
 
 
-def _check_preset(codec: _FfmpegVideoCodec) -> None:
-    if codec.options["preset"] not in PRESETS:
-        raise ConfigError(f"codec {codec.name!r}: preset {codec.options['preset']!r} is not one of {', '.join(PRESETS)}")
-
-
 @register_codec
 class X264Codec(_FfmpegVideoCodec):
     """H.264 (libx264), low-delay P, fixed QP."""
@@ -274,7 +268,7 @@ class X264Codec(_FfmpegVideoCodec):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        _check_preset(self)
+        _ff.check_x26x_preset(self)
 
     def encoder_options(self, rate, *, verbose=False):
         keyint = self.options["keyint"]
@@ -314,7 +308,7 @@ class X265Codec(_FfmpegVideoCodec):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        _check_preset(self)
+        _ff.check_x26x_preset(self)
 
     def encoder_options(self, rate, *, verbose=False):
         keyint = self.options["keyint"]
