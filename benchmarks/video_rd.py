@@ -12,7 +12,8 @@ and codes them with ``x264``, ``x265``, ``av1`` (default grids), ``nerv`` and ``
 (default grids, ``--iterations`` per clip). Prints per-method RD points (clip rows: bits over the
 whole clip, mean per-frame PSNR), the BD-rate (Akima, mean per-clip PSNR) of every method against
 x265 and of ``supermask-nerv`` against ``nerv``, and the CPU seconds per clip from the encoders' own
-accounting.
+accounting. Which INR wins depends on the clip length: ``benchmarks/video_clip_length.py`` measures
+that for the two of them alone.
 
 Example:
     .venv/bin/python benchmarks/video_rd.py                     # 8 frames at 160x120, CPU

@@ -1,0 +1,38 @@
+"""The comparison helpers of the benchmark scripts (the scripts themselves run for minutes to hours)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _curve(rates, psnrs):
+    return [{"bpp": r, "psnr": q} for r, q in zip(rates, psnrs)]
+
+
+def test_clip_length_bd_rate_and_gain_at_equal_rate():
+    bench = _load("video_clip_length")
+    anchor = _curve([0.1, 0.2, 0.4], [26.0, 28.0, 30.0])
+    # Same qualities for 10 % fewer bits: BD-rate -10 %, and a gain at equal bpp.
+    rate, gain = bench.bd_rate(anchor, _curve([0.09, 0.18, 0.36], [26.0, 28.0, 30.0]))
+    assert rate == pytest.approx(-10.0, abs=0.01) and gain > 0
+    # Two points per curve (a straight line in log rate) work too; worse than the anchor is positive.
+    rate, gain = bench.bd_rate(anchor[:2], _curve([0.11, 0.22], [26.0, 28.0]))
+    assert rate == pytest.approx(10.0, abs=0.01) and gain == pytest.approx(-2 * math.log(1.1) / math.log(2), abs=1e-6)
+    # A curve whose quality falls as the rate rises has no BD-rate.
+    assert all(math.isnan(v) for v in bench.bd_rate(anchor, _curve([0.1, 0.2], [27.0, 26.0])))
+
+
+def test_clip_length_iterations_grow_with_the_frame_count():
+    bench = _load("video_clip_length")
+    assert [bench.iterations_for(n, 3000) for n in (1, 8, 16, 17, 32, 64)] == [3000, 3000, 3000, 6000, 6000, 12000]
