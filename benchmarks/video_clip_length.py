@@ -24,7 +24,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -65,30 +64,29 @@ def encode_job(job: dict) -> dict:
             "bits_per_weight": 8 * len(result.data) / info["n_weights"] if info.get("n_weights") else math.nan}
 
 
-def bd_rate(anchor: list[dict], test: list[dict]) -> tuple[float, float]:
-    """(BD-rate % of test vs anchor, PSNR difference at equal bpp mid-overlap), log-rate Akima.
+def bd_rate(anchor: list[dict], test: list[dict]) -> tuple[float, float, str]:
+    """(BD-rate % of test vs anchor, PSNR difference at equal bpp mid-overlap, why the BD-rate is NaN).
 
-    The BD-rate needs the two PSNR ranges to overlap and is NaN otherwise; the PSNR difference needs
-    the two rate ranges to overlap."""
-    import bjontegaard as bd
+    The BD-rate is ulbc's (:func:`ulbc.rd.bd_rate_table`: Akima, log rate), NaN with a reason when the
+    curves are not monotonic or their PSNR ranges do not overlap. The PSNR difference interpolates
+    both curves in log rate at the middle of their common rate range (NaN without one)."""
+    import pandas as pd
     from scipy.interpolate import Akima1DInterpolator
 
+    from ulbc.rd import bd_rate_table
+
+    points = pd.DataFrame([{"dataset": "clip", "method": method, "rate_label": f"{r['bpp']:g}", "n_failed": 0,
+                            "bpp": r["bpp"], "psnr_rgb": r["psnr"]}
+                           for method, curve in (("anchor", anchor), ("test", test)) for r in curve])
+    table = bd_rate_table(points, "anchor", metrics=("psnr_rgb",)).set_index("method")
+    rate, note = float(table.loc["test", "bd_rate_psnr_rgb"]), table.loc["test", "note"]
     a = sorted(anchor, key=lambda r: r["bpp"])
     t = sorted(test, key=lambda r: r["bpp"])
     ar, aq = np.array([r["bpp"] for r in a]), np.array([r["psnr"] for r in a])
     tr, tq = np.array([r["bpp"] for r in t]), np.array([r["psnr"] for r in t])
-    if not (np.all(np.diff(aq) > 0) and np.all(np.diff(tq) > 0)):
-        return math.nan, math.nan
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rate = float(bd.bd_rate(ar, aq, tr, tq, method="akima", require_matching_points=False,
-                                    min_overlap=0))
-    except (ValueError, AssertionError):
-        rate = math.nan
     lo, hi = max(ar.min(), tr.min()), min(ar.max(), tr.max())
-    if not hi > lo:
-        return rate, math.nan
+    if not (hi > lo and np.all(np.diff(aq) > 0) and np.all(np.diff(tq) > 0)):
+        return rate, math.nan, note
     mid = math.exp((math.log(lo) + math.log(hi)) / 2)
 
     def at(rates, quality):
@@ -96,7 +94,7 @@ def bd_rate(anchor: list[dict], test: list[dict]) -> tuple[float, float]:
             return float(np.interp(math.log(mid), np.log(rates), quality))
         return float(Akima1DInterpolator(np.log(rates), quality)(math.log(mid)))
 
-    return rate, at(tr, tq) - at(ar, aq)
+    return rate, at(tr, tq) - at(ar, aq), note
 
 
 def main() -> None:
@@ -142,10 +140,10 @@ def main() -> None:
     for clip in args.clips:
         for frames in args.frames:
             pick = [r for r in rows if r["clip"] == clip and r["frames"] == frames]
-            rate, gain = bd_rate([r for r in pick if r["method"] == "nerv"],
-                                 [r for r in pick if r["method"] == "supermask-nerv"])
-            text = f"{rate:+6.1f} %" if math.isfinite(rate) else "  n/a (the PSNR ranges do not overlap)"
-            print(f"  {clip:9s} {frames:4d} frames: BD-rate {text}   PSNR at equal bpp {gain:+.2f} dB")
+            rate, gain, note = bd_rate([r for r in pick if r["method"] == "nerv"],
+                                       [r for r in pick if r["method"] == "supermask-nerv"])
+            print(f"  {clip:9s} {frames:4d} frames: BD-rate {rate:+6.1f} %   PSNR at equal bpp {gain:+.2f} dB"
+                  + (f"   ({note})" if note else ""))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

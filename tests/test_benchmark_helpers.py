@@ -24,13 +24,17 @@ def test_clip_length_bd_rate_and_gain_at_equal_rate():
     bench = _load("video_clip_length")
     anchor = _curve([0.1, 0.2, 0.4], [26.0, 28.0, 30.0])
     # Same qualities for 10 % fewer bits: BD-rate -10 %, and a gain at equal bpp.
-    rate, gain = bench.bd_rate(anchor, _curve([0.09, 0.18, 0.36], [26.0, 28.0, 30.0]))
-    assert rate == pytest.approx(-10.0, abs=0.01) and gain > 0
+    rate, gain, note = bench.bd_rate(anchor, _curve([0.09, 0.18, 0.36], [26.0, 28.0, 30.0]))
+    assert rate == pytest.approx(-10.0, abs=0.01) and gain > 0 and note == ""
     # Two points per curve (a straight line in log rate) work too; worse than the anchor is positive.
-    rate, gain = bench.bd_rate(anchor[:2], _curve([0.11, 0.22], [26.0, 28.0]))
+    rate, gain, _ = bench.bd_rate(anchor[:2], _curve([0.11, 0.22], [26.0, 28.0]))
     assert rate == pytest.approx(10.0, abs=0.01) and gain == pytest.approx(-2 * math.log(1.1) / math.log(2), abs=1e-6)
-    # A curve whose quality falls as the rate rises has no BD-rate.
-    assert all(math.isnan(v) for v in bench.bd_rate(anchor, _curve([0.1, 0.2], [27.0, 26.0])))
+    # A curve whose quality falls as the rate rises has no BD-rate, and the reason is given.
+    rate, gain, note = bench.bd_rate(anchor, _curve([0.1, 0.2], [27.0, 26.0]))
+    assert math.isnan(rate) and math.isnan(gain) and "not strictly monotonic" in note
+    # Curves without a common PSNR range: no BD-rate, but a difference at equal bpp.
+    rate, gain, note = bench.bd_rate(anchor, _curve([0.1, 0.4], [31.0, 33.0]))
+    assert math.isnan(rate) and gain > 0 and "no quality overlap" in note
 
 
 def test_clip_length_iterations_grow_with_the_frame_count():
