@@ -40,3 +40,22 @@ def test_clip_length_bd_rate_and_gain_at_equal_rate():
 def test_clip_length_iterations_grow_with_the_frame_count():
     bench = _load("video_clip_length")
     assert [bench.iterations_for(n, 3000) for n in (1, 8, 16, 17, 32, 64)] == [3000, 3000, 3000, 6000, 6000, 12000]
+
+
+def _ablation_row(image, lmbda, seed, keep, j):
+    return {"image": image, "size": 256, "lambda": lmbda, "seed": seed, "keep_ratio": keep, "iterations": 1000, "J": j}
+
+
+def test_mask_ablation_pairs_each_result_with_its_own_all_ones_twin():
+    bench = _load("lottery_mask_ablation")
+    rows = [_ablation_row("a", 1e-3, 0, 1.0, 2.0), _ablation_row("a", 1e-3, 0, 0.9, 1.9),
+            _ablation_row("a", 1e-3, 1, 1.0, 2.2), _ablation_row("a", 1e-3, 1, 0.9, 2.31),
+            _ablation_row("b", 1e-3, 0, 0.9, 1.0)]  # no all-ones twin: not paired
+    pairs = bench.paired_differences(rows)
+    assert [(p["seed"], round(p["delta_pct"], 6)) for p in pairs] == [(0, -5.0), (1, 5.0)]
+    summary = bench.summarize([p["delta_pct"] for p in pairs])
+    assert summary["n"] == 2 and summary["wins"] == 1 and summary["mean"] == pytest.approx(0.0)
+    assert summary["sem"] == pytest.approx(5.0)
+    # Noise floor: the all-ones J of image a moves by 0.2 between seeds, 9.52 % of their mean.
+    assert bench.seed_spread(rows) == [pytest.approx(100 * 0.2 / 2.1)]
+    assert math.isnan(bench.summarize([1.0])["sem"])

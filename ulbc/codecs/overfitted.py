@@ -204,8 +204,8 @@ class LotteryCodec(_OverfittedCodec):
     kind = "lottery"
     description = "LotteryCodec: binary mask over a seeded random network, modulated by latent grids"
     # keep_ratio 0.9 rather than the paper's 0.7: the mask then costs about half as many bits
-    # (n·H_b(0.1) vs n·H_b(0.3)), which matters on small images and short budgets; at 800
-    # iterations on a 256² Kodak crop it beat 0.5, 0.7, 0.8, 0.95 and the all-ones network.
+    # (n·H_b(0.1) vs n·H_b(0.3)), which matters on small images and short budgets. What the mask
+    # gains over the all-ones network: benchmarks/lottery_mask_ablation.py (README, "Overfitted codecs").
     option_defaults = {**_COMMON_OPTIONS, "keep_ratio": 0.9, "mod_channels": 48, "hidden": [32, 24, 16],
                        "score_lr": 0.05}
 
