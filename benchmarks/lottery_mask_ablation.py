@@ -8,7 +8,8 @@ the effect in question. This script measures the difference properly: every
 same seed — hence the same random network and initial values — and each result is compared with
 its own all-ones twin.
 
-Per result: J = MSE + λ·bpp (MSE of the decoded image in [0, 1], bpp from the complete file), mask
+Per result: J = MSE + λ·bpp (MSE in [0, 1] of the encoder's reconstruction, which the codec checks
+against a decode of the written file; bpp from the complete file), mask
 bits and kept weights from the bitstream. Printed: every pair's ΔJ (per cent of the all-ones J);
 per keep ratio the mean ΔJ with its standard error, the number of pairs it wins, and the same per λ;
 and the noise floor: the spread of the all-ones J between seeds of one (image, λ).
@@ -40,18 +41,6 @@ sys.path.insert(0, str(REPO))
 ALL_ONES = 1.0
 
 
-def load_image(kodak: Path, name: str, size: int) -> np.ndarray:
-    from ulbc.imageio import load_rgb
-
-    image = load_rgb(kodak / f"{name}.png")
-    if size:
-        h, w = image.shape[:2]
-        if size > min(h, w):
-            raise SystemExit(f"{name}: crop size {size} exceeds the image ({w}x{h})")
-        image = image[(h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size]
-    return np.ascontiguousarray(image)
-
-
 def job_key(job: dict) -> tuple:
     return job["image"], job["size"], job["lambda"], job["seed"], job["keep_ratio"], job["iterations"]
 
@@ -63,16 +52,19 @@ def encode_job(job: dict) -> dict:
     from ulbc.codecs import get_codec
     from ulbc.overfit import stream
 
+    from overfitted_rd import load_kodak  # this script's folder, on sys.path when it runs
+
     torch.set_num_threads(1)
-    image = load_image(Path(job["kodak"]), job["image"], job["size"])
-    codec = get_codec("lottery", iterations=job["iterations"], keep_ratio=job["keep_ratio"], progress=False)
+    image = load_kodak(Path(job["kodak"]), job["image"], job["size"])
+    codec = get_codec("lottery", iterations=job["iterations"], keep_ratio=job["keep_ratio"], progress=False,
+                      verify=True)
     start = time.process_time()
     result = codec.encode_result(image, job["lambda"], seed=job["seed"], name=job["image"])
     cpu_s = time.process_time() - start
     container = bitstream.parse(result.data)
-    decoded = codec.decode_payload(container.params, container.payload, container.width, container.height, device="cpu")
     h, w = image.shape[:2]
-    mse = float(np.mean((decoded.astype(np.float64) - image) ** 2)) / 255.0**2
+    # The encoder's reconstruction is the decoded file: the codec re-decodes it and compares (verify).
+    mse = float(np.mean((result.reconstruction.astype(np.float64) - image) ** 2)) / 255.0**2
     bpp = 8.0 * len(result.data) / (h * w)
     stats = codec.bitstream_stats(container.params, container.payload, container.width, container.height)
     return {**{k: job[k] for k in ("image", "size", "lambda", "seed", "keep_ratio", "iterations")},

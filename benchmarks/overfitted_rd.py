@@ -42,18 +42,27 @@ ANCHORS = ("webp", "avif", "hevc-intra")
 NEURAL = ("coolchic", "lottery", "lottery-all-ones")
 
 
+def load_kodak(kodak: Path, name: str, size: int) -> np.ndarray:
+    """Kodak image ``name``, centre-cropped to size x size (0: the whole image)."""
+    from ulbc.imageio import load_rgb
+
+    image = load_rgb(kodak / f"{name}.png")
+    if size:
+        h, w = image.shape[:2]
+        if size > min(h, w):
+            raise SystemExit(f"{name}: crop size {size} exceeds the image ({w}x{h})")
+        image = image[(h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size]
+    return np.ascontiguousarray(image)
+
+
 def crops(kodak: Path, names: list[str], size: int, dest: Path) -> list[Path]:
-    from ulbc.imageio import load_rgb, save_png
+    from ulbc.imageio import save_png
 
     dest.mkdir(parents=True, exist_ok=True)
     out = []
     for name in names:
-        image = load_rgb(kodak / f"{name}.png")
-        if size:
-            h, w = image.shape[:2]
-            image = image[(h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size]
         path = dest / f"{name}.png"
-        save_png(np.ascontiguousarray(image), path)
+        save_png(load_kodak(kodak, name, size), path)
         out.append(path)
     return out
 
