@@ -55,7 +55,28 @@ def test_mask_ablation_pairs_each_result_with_its_own_all_ones_twin():
     assert [(p["seed"], round(p["delta_pct"], 6)) for p in pairs] == [(0, -5.0), (1, 5.0)]
     summary = bench.summarize([p["delta_pct"] for p in pairs])
     assert summary["n"] == 2 and summary["wins"] == 1 and summary["mean"] == pytest.approx(0.0)
-    assert summary["sem"] == pytest.approx(5.0)
-    # Noise floor: the all-ones J of image a moves by 0.2 between seeds, 9.52 % of their mean.
+    assert summary["sem"] == pytest.approx(5.0) and summary["t"] == pytest.approx(0.0)
+    # Seed spread: the all-ones J of image a moves by 0.2 between seeds, 9.52 % of their mean.
     assert bench.seed_spread(rows) == [pytest.approx(100 * 0.2 / 2.1)]
     assert math.isnan(bench.summarize([1.0])["sem"])
+
+
+def test_mask_ablation_pairs_only_runs_with_the_same_number_of_candidates():
+    bench = _load("lottery_mask_ablation")
+    one = dict(candidates=1)
+    rows = [_ablation_row("a", 1e-3, 0, 1.0, 2.0) | one | {"network_seed": 0},
+            _ablation_row("a", 1e-3, 0, 0.9, 1.9) | one | {"network_seed": 0},
+            _ablation_row("a", 1e-3, 0, 1.0, 2.4) | {"candidates": 3, "network_seed": 7},
+            _ablation_row("a", 1e-3, 0, 0.9, 2.2) | {"candidates": 3, "network_seed": 9},
+            _ablation_row("a", 1e-3, 1, 0.9, 2.0)]  # older row: default candidates, no all-ones twin
+    pairs = sorted(bench.paired_differences(rows), key=lambda p: p["candidates"])
+    assert [(p["candidates"], p["same_network"], round(p["delta_pct"], 6)) for p in pairs] == [
+        (1, True, -5.0), (3, False, round(100 * (2.2 / 2.4 - 1), 6))]
+    # The all-ones J of one seed with 1 and with 3 candidates is not a seed-to-seed spread.
+    assert bench.seed_spread(rows) == []
+
+
+def test_mask_ablation_default_candidates_is_the_codecs():
+    from ulbc.codecs import get_codec
+
+    assert _load("lottery_mask_ablation").CODEC_DEFAULT_CANDIDATES == get_codec("lottery").options["candidates"]
