@@ -1,13 +1,13 @@
 """LotteryCodec's mask ablation, paired and repeated: does the learned mask beat the all-ones network?
 
 ``benchmarks/overfitted_rd.py`` compares ``lottery`` with ``lottery-all-ones`` once per (image, λ).
-That is not enough for an effect of about one per cent. What moves an encode's RD cost J, measured at
-1 000 iterations on 256² crops: a 1e-4 relative change of the learning rate (the optimisation's own
-chaos) 0.1–0.5 %; another random network (another seed) 3.6 % on average; keeping the best of
-three networks after the warm-up instead of training the seed's own lowers it by 4–7 %. The network matters more
-than the mask. With the codec's default three warm-up candidates each arm keeps whichever network did
-best after its warm-up, and the two arms of a pair need not keep the same one, so such a pair compares
-networks as much as masks. By default this script therefore runs one candidate (``--candidates 1``):
+That is not enough for an effect of about one per cent. What moves an encode's RD cost J, measured
+at 1 000 iterations on 256² crops: a 1e-4 relative change of the learning rate (the optimisation's
+own chaos) 0.1–0.5 %; another random network (another seed) 3.6 % on average; keeping the best of
+three networks after the warm-up, instead of training the seed's own, lowers J by 4–7 %. The network
+matters more than the mask. With the codec's default three warm-up candidates each arm keeps
+whichever network did best after its warm-up, and the two arms of a pair need not keep the same one,
+so such a pair compares networks as much as masks. By default this script therefore runs one candidate (``--candidates 1``):
 both arms train the seed's network, which isolates the mask — the learned mask against all weights
 kept on the same random network, at the same iteration budget. ``--candidates 3`` measures the codec
 as it encodes by default.
@@ -98,8 +98,8 @@ def encode_job(job: dict) -> dict:
 
 
 def paired_differences(rows: list[dict]) -> list[dict]:
-    """Each masked result against the all-ones result of the same image, size, λ, seed and budget:
-    ΔJ in per cent of the all-ones J (negative: the mask wins)."""
+    """Each masked result against the all-ones result of the same image, size, λ, seed, budget and
+    number of warm-up candidates: ΔJ in per cent of the all-ones J (negative: the mask wins)."""
     ones = {twin_key(r): r for r in rows if r["keep_ratio"] == ALL_ONES}
     pairs = []
     for r in rows:
@@ -107,7 +107,9 @@ def paired_differences(rows: list[dict]) -> list[dict]:
         if r["keep_ratio"] != ALL_ONES and twin is not None:
             # With several warm-up candidates each arm keeps its own best random network; the pair
             # compares masks on one network only when both kept the same one.
-            same = r.get("network_seed") == twin.get("network_seed") if "network_seed" in r else None
+            same = None  # unknown for rows written before the kept network was recorded
+            if "network_seed" in r and "network_seed" in twin:
+                same = r["network_seed"] == twin["network_seed"]
             pairs.append({**{k: r[k] for k in ("image", "lambda", "seed", "keep_ratio")},
                           "candidates": r.get("candidates", CODEC_DEFAULT_CANDIDATES), "same_network": same,
                           "delta_pct": 100.0 * (r["J"] / twin["J"] - 1.0)})

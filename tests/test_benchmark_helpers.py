@@ -68,12 +68,13 @@ def test_mask_ablation_pairs_only_runs_with_the_same_number_of_candidates():
             _ablation_row("a", 1e-3, 0, 0.9, 1.9) | one | {"network_seed": 0},
             _ablation_row("a", 1e-3, 0, 1.0, 2.4) | {"candidates": 3, "network_seed": 7},
             _ablation_row("a", 1e-3, 0, 0.9, 2.2) | {"candidates": 3, "network_seed": 9},
-            _ablation_row("a", 1e-3, 1, 0.9, 2.0)]  # older row: default candidates, no all-ones twin
+            _ablation_row("a", 1e-3, 1, 0.9, 2.0) | {"network_seed": 1},
+            _ablation_row("a", 1e-3, 1, 1.0, 2.1)]  # older row: default candidates, kept network unknown
     pairs = sorted(bench.paired_differences(rows), key=lambda p: p["candidates"])
-    assert [(p["candidates"], p["same_network"], round(p["delta_pct"], 6)) for p in pairs] == [
-        (1, True, -5.0), (3, False, round(100 * (2.2 / 2.4 - 1), 6))]
-    # The all-ones J of one seed with 1 and with 3 candidates is not a seed-to-seed spread.
-    assert bench.seed_spread(rows) == []
+    assert [(p["candidates"], p["seed"], p["same_network"], round(p["delta_pct"], 6)) for p in pairs] == [
+        (1, 0, True, -5.0), (3, 0, False, round(100 * (2.2 / 2.4 - 1), 6)), (3, 1, None, round(100 * (2.0 / 2.1 - 1), 6))]
+    # Seeds 0 and 1 with three candidates make one spread; one candidate vs three is not a seed spread.
+    assert bench.seed_spread(rows) == [pytest.approx(100 * 0.3 / 2.25)]
 
 
 def test_mask_ablation_default_candidates_is_the_codecs():
