@@ -7,10 +7,10 @@ own chaos) 0.1–0.5 %; another random network (another seed) 3.6 % on average; 
 three networks after the warm-up, instead of training the seed's own, lowers J by 4–7 %. The network
 matters more than the mask. With the codec's default three warm-up candidates each arm keeps
 whichever network did best after its warm-up, and the two arms of a pair need not keep the same one,
-so such a pair compares networks as much as masks. By default this script therefore runs one candidate (``--candidates 1``):
-both arms train the seed's network, which isolates the mask — the learned mask against all weights
-kept on the same random network, at the same iteration budget. ``--candidates 3`` measures the codec
-as it encodes by default.
+so such a pair compares networks as much as masks. By default this script therefore runs one
+candidate (``--candidates 1``): both arms train the seed's network, which isolates the mask — the
+learned mask against all weights kept on the same random network, at the same iteration budget.
+``--candidates 3`` measures the codec as it encodes by default.
 
 Every (image, λ, seed) is encoded with each keep ratio *and* with the all-ones mask (keep ratio 1) on
 the same seed — hence the same random network(s) and initial values — and each result is compared
@@ -58,15 +58,18 @@ ALL_ONES = 1.0
 CODEC_DEFAULT_CANDIDATES = 3
 
 
-def job_key(job: dict) -> tuple:
-    return (job["image"], job["size"], job["lambda"], job["seed"], job["keep_ratio"], job["iterations"],
-            job.get("candidates", CODEC_DEFAULT_CANDIDATES))
-
-
 def twin_key(row: dict) -> tuple:
     """What a masked result and its all-ones twin share: everything but the keep ratio."""
     return (row["image"], row["size"], row["lambda"], row["seed"], row["iterations"],
             row.get("candidates", CODEC_DEFAULT_CANDIDATES))
+
+
+def job_key(job: dict) -> tuple:
+    return (*twin_key(job), job["keep_ratio"])
+
+
+def read_results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def encode_job(job: dict) -> dict:
@@ -127,7 +130,8 @@ def summarize(deltas: list[float]) -> dict:
 
 
 def seed_spread(rows: list[dict]) -> list[float]:
-    """Noise floor: per (image, λ) with several seeds, (max − min) / mean of the all-ones J, in per cent."""
+    """What another random network does: per (image, λ) with several seeds, (max − min) / mean of the
+    all-ones J, in per cent."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         if r["keep_ratio"] == ALL_ONES:
@@ -188,7 +192,7 @@ def main() -> None:
     if args.report_only:
         if not args.out.exists():
             raise SystemExit(f"{args.out}: no results file")
-        report([json.loads(line) for line in args.out.read_text().splitlines() if line.strip()])
+        report(read_results(args.out))
         return
     if not args.kodak.is_dir():
         raise SystemExit(f"{args.kodak}: no Kodak folder (pass --kodak)")
@@ -196,9 +200,7 @@ def main() -> None:
         raise SystemExit("--candidates must be at least 1")
     if any(not 0 < k < 1 for k in args.keep):
         raise SystemExit("--keep: ratios of a learned mask must be in (0, 1); the all-ones twin is always run")
-    done = []
-    if args.out.exists():
-        done = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+    done = read_results(args.out) if args.out.exists() else []
     have = {job_key(r) for r in done}
     jobs = [{"kodak": str(args.kodak), "image": name, "size": args.size, "lambda": lmbda, "seed": seed,
              "keep_ratio": keep, "iterations": args.iterations, "candidates": args.candidates}
