@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo study is the default only: a study given with --configfile defines itself alone (the
+# schema fills the defaults), instead of being merged key by key into the demo's datasets and methods.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -52,7 +52,7 @@ def main() -> None:
     summary = summarize(metrics)
     print(summary[["method", "rate_label", "n_items", "bpp", "psnr_rgb", "psnr_of_mean_mse", "ms_ssim_rgb", "encode_s"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    table = bd_rate_table(summary, "hevc-intra", interpolation="akima")
+    table = bd_rate_table(metrics, "hevc-intra", interpolation="akima")
     print("\nBD-rate vs hevc-intra (%), Akima:")
     print(f"{'method':<17} {'mean PSNR':>10} {'reference':>10} {'diff':>7} {'PSNR(mean MSE)':>15} {'MS-SSIM dB':>11}")
     for _, row in table.iterrows():

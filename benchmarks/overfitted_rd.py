@@ -129,7 +129,7 @@ def run_study(args) -> None:
           "negative = fewer bits):")
     header = f"{'method':<18}" + "".join(f"{'vs ' + a:>20}" for a in (*ANCHORS, "lottery-all-ones"))
     print(header)
-    tables = {a: bd_rate_table(summary, a, interpolation="akima") for a in (*ANCHORS, "lottery-all-ones")}
+    tables = {a: bd_rate_table(metrics, a, interpolation="akima") for a in (*ANCHORS, "lottery-all-ones")}
     for method in NEURAL:
         cells = []
         for anchor, table in tables.items():

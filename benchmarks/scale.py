@@ -125,6 +125,7 @@ def slurm_groups() -> dict:
 
 def synthetic_shards(folder: Path, rows: int, files: int) -> list[Path]:
     from ulbc import __version__
+    from ulbc.provenance import code_digest
     from ulbc.schema import METRIC_ROW_SCHEMA
 
     per_file = rows // files
@@ -146,6 +147,7 @@ def synthetic_shards(folder: Path, rows: int, files: int) -> list[Path]:
             "mse_rgb": rng.uniform(1, 100, n), "psnr_rgb": rng.uniform(25, 45, n), "ms_ssim_rgb": rng.uniform(0.9, 1, n),
             "encode_s": rng.uniform(0.01, 1, n), "decode_s": rng.uniform(0.01, 1, n), "device": ["cpu"] * n,
             "status": ["ok"] * n, "error": [""] * n, "seed": rng.integers(0, 2**62, n), "codec_version": ["1"] * n,
+            "code_digest": [code_digest(method)] * n,
             "ulbc_version": [__version__] * n, "git_commit": ["0" * 40] * n, "config_hash": ["0" * 16] * n,
             "library_versions": ["{}"] * n, "bits_nn": [None] * n, "bits_mask": [None] * n,
             "bits_latent": [None] * n, "macs_per_pixel": [None] * n, "encode_info": ["{}"] * n,

@@ -109,8 +109,8 @@ def main() -> None:
           .to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
     print("\nBD-rate (%) against x265 and supermask-nerv against nerv (Akima; negative = fewer bits):")
-    versus_x265 = bd_rate_table(summary, "x265", interpolation="akima")
-    versus_nerv = bd_rate_table(summary, "nerv", interpolation="akima")
+    versus_x265 = bd_rate_table(metrics, "x265", interpolation="akima")
+    versus_nerv = bd_rate_table(metrics, "nerv", interpolation="akima")
     for dataset in datasets:
         for method in (*ANCHORS, *NEURAL):
             row = versus_x265[(versus_x265["dataset"] == dataset) & (versus_x265["method"] == method)]

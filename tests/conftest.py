@@ -53,3 +53,18 @@ QUICK_OPTIONS = {
 
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", default=False,
+                     help="tests/test_fuzz.py: many more hostile-bitstream cases per codec")
+
+
+def pytest_terminal_summary(terminalreporter):
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and getattr(fuzz, "FUZZ_COUNTS", None):
+        terminalreporter.write_sep("-", "hostile bitstreams per codec (tests/test_fuzz.py)")
+        for line in fuzz.format_table(fuzz.FUZZ_COUNTS):
+            terminalreporter.write_line(line)

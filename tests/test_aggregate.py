@@ -12,6 +12,7 @@ import pytest
 
 from ulbc.aggregate import aggregate_shards, check_shard_schema, read_metrics
 from ulbc.errors import ConfigError, InputError
+from ulbc.provenance import code_digest
 from ulbc.schema import METRIC_ROW_SCHEMA
 
 
@@ -44,6 +45,7 @@ def make_row(**overrides) -> dict:
         "error": "",
         "seed": 0,
         "codec_version": "1.0",
+        "code_digest": None,  # the current digest of the row's codec, filled in below
         "ulbc_version": "0.1.0",
         "git_commit": "abc123",
         "config_hash": "cafe",
@@ -60,6 +62,8 @@ def make_row(**overrides) -> dict:
     unknown = set(overrides) - set(row)
     assert not unknown, f"not schema columns: {unknown}"
     row.update(overrides)
+    if row["code_digest"] is None:
+        row["code_digest"] = code_digest(row["codec"])
     assert list(row) == METRIC_ROW_SCHEMA.names
     return row
 

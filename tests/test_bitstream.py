@@ -79,3 +79,45 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "x.bin").stat().st_mode) == 0o644
     assert (tmp_path / "x.bin").read_bytes() == b"abc"
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+# -- decode limits (ulbc.limits), checked before a codec's decoder runs ----------------------------------
+def test_seal_appends_the_crc_that_parse_checks():
+    data = make()
+    assert bitstream.seal(data[:-4]) == data
+    damaged = bytearray(data[:-4])
+    damaged[-1] ^= 0xFF
+    assert bitstream.parse(bitstream.seal(bytes(damaged))).payload[-1] == data[-5] ^ 0xFF
+
+
+def test_limits_read_the_environment(monkeypatch):
+    from ulbc import limits
+    from ulbc.errors import ConfigError
+
+    assert limits.DecodeLimits.from_env() == limits.DecodeLimits()
+    assert limits.DecodeLimits().max_pixels == 2**28
+    for text, value in (("512M", 512 << 20), ("16GiB", 16 << 30), ("1e9", 10**9), ("12345", 12345)):
+        monkeypatch.setenv(limits.MEMORY_VAR, text)
+        assert limits.DecodeLimits.from_env().max_memory_bytes == value
+    for text in ("banana", "-5", "0"):
+        monkeypatch.setenv(limits.MEMORY_VAR, text)
+        with pytest.raises(ConfigError, match=limits.MEMORY_VAR):
+            limits.DecodeLimits.from_env()
+
+
+def test_a_classical_codec_refuses_a_forged_size_before_decoding(monkeypatch):
+    from ulbc.codecs import CODECS, decode_bitstream
+
+    jpeg = CODECS["jpeg"]
+    payload = bitstream.parse(jpeg().encode(__import__("numpy").zeros((8, 8, 3), "uint8"), 50)).payload
+    forged = bitstream.Container(jpeg.codec_id, 20000, 20000, b"", payload).to_bytes()
+    with pytest.raises(BitstreamError, match=r"^f\.ulb: header claims 20000x20000 \(4e8 pixels\), over the decode "
+                                             r"limit of 2\.68e8 pixels per image \(set ULBC_DECODE_MAX_PIXELS"):
+        decode_bitstream(forged, name="f.ulb")
+    # 2^28 pixels (what the README promises) passes the limits; the payload's own size then disagrees.
+    at_limit = bitstream.Container(jpeg.codec_id, 16384, 16384, b"", payload).to_bytes()
+    with pytest.raises(BitstreamError, match="JPEG payload is 8x8, the header says 16384x16384"):
+        decode_bitstream(at_limit, name="f.ulb")
+    monkeypatch.setenv("ULBC_DECODE_MAX_MEMORY", "1M")
+    with pytest.raises(BitstreamError, match=r"needs an estimated .* of decoder memory.*ULBC_DECODE_MAX_MEMORY"):
+        decode_bitstream(bitstream.Container(jpeg.codec_id, 512, 512, b"", payload).to_bytes(), name="f.ulb")

@@ -69,9 +69,10 @@ def test_round_trip_determinism_and_monotonic_rate(name, photo):
     else:
         assert sizes == sorted(sizes), sizes
     assert qualities[-1] > qualities[0] + 3, qualities
-    # A video INR fitted to one still frame at a smoke-test budget reaches ~29 dB here; its RD is
-    # measured by benchmarks/video_rd.py, this only checks it is a working codec.
-    assert qualities[-1] > (30 if name not in ("nerv", "supermask-nerv") else 25)
+    # A working codec beats the image's flat mean colour by far at its highest rate, whichever photo
+    # and CPU it ran on; absolute quality targets belong in benchmarks/ (overfitted_rd, video_rd).
+    flat = np.broadcast_to(photo.reshape(-1, 3).mean(axis=0).round().astype(np.uint8), photo.shape)
+    assert qualities[-1] > psnr(photo, flat) + 8, (qualities, psnr(photo, flat))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,6 +1,6 @@
 import pytest
 
-from ulbc.config import check_study, load_config, validate_with_schema
+from ulbc.config import check_study, load_config, plan_methods, validate_with_schema
 from ulbc.errors import ConfigError
 
 from conftest import REPO
@@ -84,3 +84,66 @@ def test_exponent_rates_written_without_a_dot_and_gpu_methods(tmp_path):
         base(methods={"jpeg": {"rates": ["ten"]}})
     assert plans["lottery"].mem_mb == 8000 and plans["lottery"].runtime == 1440  # codec floors
     assert plans["jpeg"].mem_mb == 2000
+
+
+@pytest.mark.parametrize("method, rates", [("jpeg", [12.2, 12.7]), ("webp", [50.1, 50.9])])
+def test_fractional_qualities_are_refused(method, rates):
+    # int(quality) made both points one bitstream, counted twice.
+    with pytest.raises(ConfigError, match=rf"^methods\.{method}\.rates: codec '{method}': quality must be a whole "
+                                          rf"number, got {rates[0]}$"):
+        plan_methods(base(methods={method: {"rates": rates}}, anchor=method))
+    plans = plan_methods(base(methods={method: {"rates": [12.0, 13]}}, anchor=method))  # 12.0 is whole
+    assert [p.label for p in plans[method].rates] == ["quality12", "quality13"]
+
+
+def test_bad_option_values_are_refused_at_config_time():
+    with pytest.raises(ConfigError, match=r"^methods\.jpeg: codec 'jpeg': option subsampling must be one of "
+                                          r"4:4:4, 4:2:2, 4:2:0, got 'banana'$"):
+        check_study(base(methods={"jpeg": {"options": {"subsampling": "banana"}}}))
+    with pytest.raises(ConfigError, match=r"^methods\.webp: codec 'webp': option method must be an integer"):
+        check_study(base(methods={"jpeg": {}, "webp": {"options": {"method": "banana"}}}))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- datasets\n- methods\n", "not a list"),
+    ("just some words\n", "not a string"),
+    ("42\n", "not a number"),
+    ("", "is empty: a study needs at least datasets and methods"),
+    ("# nothing but a comment\n", "is empty"),
+    ("{}\n", "is empty"),
+])
+def test_a_config_that_is_not_a_mapping_or_is_empty(tmp_path, text, message):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: .*{message}"):
+        load_config(path)
+
+
+def test_unreadable_config_error_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("datasets:\n  d: {source: samples\nmethods: {jpeg: {}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: cannot read config")
+
+
+def test_local_dataset_path_must_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    (tmp_path / "imgs" / "sub" / "a.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+
+    def study(**entry):
+        return base(datasets={"mine": {"source": "local", **entry}})
+
+    for path in ("imgs", str(tmp_path / "imgs"), "imgs/**/*.png", "imgs/sub/*.png"):
+        check_study(study(path=path))  # a folder, or a glob that matches a file
+    for path, problem in [("nowhere", "path nowhere does not exist"), ("notes.txt", "path notes.txt is not a folder"),
+                          ("imgs/*.jpg", "no files match path imgs/\\*.jpg"),
+                          ("imgs/*", "no files match path imgs/\\*")]:  # matches a folder only
+        with pytest.raises(ConfigError, match=rf"^datasets\.mine: {problem} \(relative to the current directory, "):
+            check_study(study(path=path))
+    with pytest.raises(ConfigError, match=rf"^datasets\.mine: path {tmp_path}/gone does not exist$"):
+        check_study(study(path=str(tmp_path / "gone")))
+    # A video dataset may name one file, as the frame extraction reads it.
+    check_study(study(path="notes.txt", video={}))

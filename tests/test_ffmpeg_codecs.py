@@ -3,10 +3,8 @@ tiny images, clean errors on bad payloads, and a missing ffmpeg reported rather 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +13,11 @@ from ulbc import bitstream
 from ulbc.codecs import CODECS, decode_bitstream, ffmpeg_codecs, get_codec
 from ulbc.errors import BitstreamError, ConfigError, ToolMissingError
 
+from conftest import KODAK
+
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
 NAMES = ["hevc-intra", "av1-intra"]
-KODAK = Path(os.environ.get("ULBC_SHARED", Path(__file__).resolve().parent.parent.parent / "shared")) / "data" / "kodak"
 
 
 def psnr(a, b):

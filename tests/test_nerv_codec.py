@@ -174,7 +174,7 @@ def test_headers_asking_for_huge_sizes_are_rejected(encoded):
         decode_bitstream(_rewrap(data, params=params))
     # A frame count that would need terabytes of output.
     own = stream.strip_frame_count("nerv", c.params)
-    with pytest.raises(BitstreamError, match="GiB"):
+    with pytest.raises(BitstreamError, match="frames, over the decode limit"):
         decode_bitstream(_rewrap(data, params=bitstream.encode_varint(1 << 30) + own))
     # Strides far beyond the frame, absurd channel and level fields.
     bad = Architecture(c.height, c.width, 16, 1.25, 8, (8, 8, 8, 8, 8, 8), (4,) * 7, 3)
@@ -251,3 +251,38 @@ def test_bad_options_are_config_errors(name, options):
 def test_bad_widths_are_config_errors(clip, rate):
     with pytest.raises(ConfigError):
         get_codec("nerv", **QUICK).encode_clip(clip, rate)
+
+
+def test_forged_frame_counts_are_refused_quickly(encoded, monkeypatch):
+    import time
+
+    data = encoded["nerv"].data
+    c = bitstream.parse(data)
+    own = stream.strip_frame_count("nerv", c.params)
+    # 100000 frames of 32x48 fit in 4 GiB of output, but not in the frame limit: refused at once.
+    start = time.perf_counter()
+    with pytest.raises(BitstreamError, match=r"^f: header claims 100000 frames, over the decode limit of 10000"):
+        decode_bitstream(_rewrap(data, params=bitstream.encode_varint(100000) + own), name="f")
+    assert time.perf_counter() - start < 2
+    # The limits are the shared ones (ulbc.limits), set by environment variables.
+    monkeypatch.setenv("ULBC_DECODE_MAX_FRAMES", "3")
+    with pytest.raises(BitstreamError, match="ULBC_DECODE_MAX_FRAMES"):
+        decode_bitstream(data)
+    monkeypatch.delenv("ULBC_DECODE_MAX_FRAMES")
+    arch = stream.read_header("nerv", own, c.width, c.height).arch
+    assert stream.decoder_memory_bytes(arch, 8) > stream.decoder_memory_bytes(arch, 4) > 4 * c.width * c.height * 3
+    monkeypatch.setenv("ULBC_DECODE_MAX_MEMORY", str(stream.decoder_memory_bytes(arch, 4) - 1))
+    with pytest.raises(BitstreamError, match="from this network, which needs an estimated"):
+        decode_bitstream(data)
+
+
+def test_non_finite_network_output_is_an_error_not_black_pixels(encoded):
+    # Both codecs render through stream.render_frames; a dense network is the simplest to damage:
+    # every quantisation step at 1e20 makes the layers overflow float32 (inf - inf = NaN).
+    data = encoded["nerv"].data
+    c = bitstream.parse(data)
+    arch = stream.read_header("nerv", stream.strip_frame_count("nerv", c.params), c.width, c.height).arch
+    n_steps = 2 * len(arch.layers)
+    damaged = _rewrap(data, payload=np.full(n_steps, 1e20, dtype="<f4").tobytes() + c.payload[4 * n_steps :])
+    with pytest.raises(BitstreamError, match=r"decoder produced non-finite values in frame 0"):
+        decode_bitstream(damaged)

@@ -128,3 +128,61 @@ def test_training_lowers_the_rd_cost(crop):
                        torch.device("cpu"))
         costs.append(result.best_loss[0])
     assert costs[1] < 0.5 * costs[0]
+
+
+@pytest.mark.parametrize("name", ["coolchic", "lottery"])
+def test_forged_huge_sizes_are_refused_before_anything_is_allocated(name, monkeypatch):
+    import time
+    import tracemalloc
+
+    from ulbc.errors import BitstreamError
+    from ulbc.overfit import stream
+
+    tiny = {**QUICK_OPTIONS[name], "iterations": 10, "final_iterations": 2, "n_grids": 3}
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    c = bitstream.parse(get_codec(name, **tiny).encode(image, 1e-2))
+
+    def forged(width, height):
+        return bitstream.Container(c.codec_id, width, height, c.params, c.payload).to_bytes()
+
+    cases = {(100000, 100000): r"^f: header claims 100000x100000 \(1e10 pixels\), over the decode limit",
+             (30000, 30000): r"header claims 30000x30000 \(9e8 pixels\)",
+             # Under the pixel limit, but over 8 GiB of working memory: for any such codec (the shared
+             # check), and for this header's architecture (the decoder's own estimate).
+             (16000, 16000): r"header claims 16000x16000, which needs an estimated .* GiB of decoder memory",
+             (4000, 4000): rf"header claims a 4000x4000 {name} image, which needs an estimated .* GiB of decoder"}
+    for (width, height), message in cases.items():
+        tracemalloc.start()
+        start = time.perf_counter()
+        with pytest.raises(BitstreamError, match=message):
+            decode_bitstream(forged(width, height), name="f")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert time.perf_counter() - start < 5 and peak < 50 << 20, (width, height, peak)
+    # The estimate follows the architecture, and the limit its environment variable.
+    arch = stream.read_header(name, c.params)[0]
+    assert stream.decoder_memory_bytes(arch, 512, 512) < stream.decoder_memory_bytes(arch, 1024, 1024)
+    monkeypatch.setenv("ULBC_DECODE_MAX_MEMORY", "1M")
+    with pytest.raises(BitstreamError, match="ULBC_DECODE_MAX_MEMORY"):
+        decode_bitstream(forged(256, 256), name="f")
+    monkeypatch.delenv("ULBC_DECODE_MAX_MEMORY")
+    assert decode_bitstream(forged(16, 16))[1].shape == (16, 16, 3)
+
+
+def test_a_header_whose_synthesis_cannot_be_built_is_a_bitstream_error():
+    # Found by tests/test_fuzz.py --long: a flipped channel count before a residual layer.
+    from ulbc.errors import BitstreamError
+    from ulbc.overfit import stream
+
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    tiny = {**QUICK_OPTIONS["coolchic"], "iterations": 5, "final_iterations": 1, "n_grids": 2}
+    c = bitstream.parse(get_codec("coolchic", **tiny).encode(image, 1e-2))
+    arch, seed, bound, nn_bytes, _ = stream.read_header("coolchic", c.params)
+    layers = arch.synthesis.split(",")
+    layers[1] = "73" + layers[1][layers[1].index("-"):]  # the residual layer after it must keep 73 channels
+    import dataclasses
+
+    bad = dataclasses.replace(arch, synthesis=",".join(layers))  # parses; only building the network fails
+    params = stream.write_header(bad, seed, bound, nn_bytes, 0)
+    with pytest.raises(BitstreamError, match="invalid architecture in header .*residual layer must keep 73"):
+        decode_bitstream(bitstream.Container(c.codec_id, 8, 8, params, c.payload).to_bytes())

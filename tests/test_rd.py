@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ulbc.errors import ConfigError
+from ulbc.errors import ConfigError, InputError
+from ulbc.provenance import code_digest
 from ulbc.rd import bd_rate_table, plot_rd, summarize, write_table
 from ulbc.schema import METRIC_ROW_SCHEMA
 
@@ -29,7 +30,7 @@ def row(**overrides) -> dict:
         "mse_rgb": mse, "psnr_rgb": 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf,
         # Any increasing function of PSNR keeps the BD-rate answers exact for the MS-SSIM metric too.
         "ms_ssim_rgb": 1 - 10 ** (-psnr / 20), "encode_s": 0.02, "decode_s": 0.01, "device": "cpu",
-        "status": "ok", "error": "", "seed": 0, "codec_version": "1", "ulbc_version": "0.1.0",
+        "status": "ok", "error": "", "seed": 0, "codec_version": "1", "code_digest": code_digest("jpeg"), "ulbc_version": "0.1.0",
         "git_commit": "abc", "config_hash": "h", "library_versions": "{}",
         "bits_nn": None, "bits_mask": None, "bits_latent": None, "macs_per_pixel": None, "encode_info": "",
         "level": "image", "clip": "", "frames": 1,
@@ -72,7 +73,7 @@ METRICS = ("psnr_rgb", "psnr_of_mean_mse", "ms_ssim_db")
 
 @pytest.mark.parametrize("interpolation", ["akima", "pchip", "cubic"])
 def test_bd_rate_of_scaled_rates(study, interpolation):
-    table = bd_rate_table(summarize(study), "jpeg", interpolation=interpolation).set_index(["dataset", "method"])
+    table = bd_rate_table(study, "jpeg", interpolation=interpolation).set_index(["dataset", "method"])
     for metric in METRICS:
         assert table.loc[("kodak", "better"), f"bd_rate_{metric}"] == pytest.approx(-20.0, abs=0.5)
         assert table.loc[("kodak", "worse"), f"bd_rate_{metric}"] == pytest.approx(25.0, abs=0.5)
@@ -81,15 +82,16 @@ def test_bd_rate_of_scaled_rates(study, interpolation):
     assert table.loc[("kodak", "better"), "overlap_low_psnr_rgb"] == pytest.approx(25.0)
     assert table.loc[("kodak", "better"), "overlap_high_psnr_rgb"] == pytest.approx(40.0)
     assert table.loc[("kodak", "better"), "n_points"] == 4
+    assert table.loc[("kodak", "better"), "n_items"] == 2 and table.loc[("kodak", "better"), "n_excluded"] == 0
     assert (table["interpolation"] == interpolation).all() and (table["anchor"] == "jpeg").all()
     assert table.loc[("kodak", "better"), "note"] == ""
 
 
 def test_bd_table_layout_and_nan_reasons(study):
-    table = bd_rate_table(summarize(study), "jpeg")
+    table = bd_rate_table(study, "jpeg")
     assert list(table.columns) == (
         ["dataset", "method", "anchor", "interpolation"] + [f"bd_rate_{m}" for m in METRICS]
-        + ["n_points", "n_points_anchor"]
+        + ["n_points", "n_points_anchor", "n_items", "n_excluded"]
         + [f"overlap_{s}_{m}" for m in METRICS for s in ("low", "high")] + ["note"]
     )
     # Anchor first within each dataset, datasets sorted.
@@ -106,35 +108,107 @@ def test_bd_table_layout_and_nan_reasons(study):
 
 def test_unknown_anchor_lists_methods(study):
     with pytest.raises(ConfigError, match="'hevc-intra'.*methods present: better, far, jpeg, webp, worse"):
-        bd_rate_table(summarize(study), "hevc-intra")
+        bd_rate_table(study, "hevc-intra")
     with pytest.raises(ConfigError, match="interpolation"):
-        bd_rate_table(summarize(study), "jpeg", interpolation="linear")
+        bd_rate_table(study, "jpeg", interpolation="linear")
 
 
-def test_failed_points_are_dropped_and_reported():
+def failed(**overrides) -> dict:
+    return row(status="encode_error", error="boom", psnr_rgb=math.nan, mse_rgb=math.nan, ms_ssim_rgb=math.nan,
+               bpp=math.nan, **overrides)
+
+
+def uneven_curve_rows(method, scale, items=("a", "b", "c"), tilt=0.0) -> list[dict]:
+    """Items whose rates and qualities differ (and, with ``tilt``, whose gain over the anchor differs),
+    so leaving one out moves both curves and the BD-rate."""
+    rows = []
+    for k, (bpp, psnr) in enumerate(zip(ANCHOR_BPP, ANCHOR_PSNR)):
+        for i, item in enumerate(items):
+            rows.append(row(method=method, codec=method, item=item, rate_label=f"r{k}", rate_value=float(k),
+                            bpp=scale * bpp * (1 + 0.3 * i) * (1 + tilt * i), psnr_rgb=psnr + 1.5 * i * (1 + 0.2 * k)))
+    return rows
+
+
+def test_a_failed_item_is_excluded_from_both_curves_and_its_rate_point_survives():
+    rows = uneven_curve_rows("jpeg", 1.0) + uneven_curve_rows("better", 0.8, tilt=-0.2)
+    clean = bd_rate_table(frame(rows), "jpeg").set_index("method")
+    without_b = bd_rate_table(frame([r for r in rows if r["item"] != "b"]), "jpeg").set_index("method")
+    # Item b of "better" fails at its top rate point.
+    hit = next(i for i, r in enumerate(rows) if r["method"] == "better" and r["item"] == "b" and r["rate_label"] == "r3")
+    rows[hit] = failed(method="better", codec="better", item="b", rate_label="r3", rate_value=3.0)
+    t = bd_rate_table(frame(rows), "jpeg").set_index("method")
+    assert t.loc["better", "n_points"] == 4 and t.loc["better", "n_points_anchor"] == 4
+    assert t.loc["better", "n_items"] == 2 and t.loc["better", "n_excluded"] == 1
+    assert "1 item(s) excluded after failures: b" in t.loc["better", "note"]
+    for metric in METRICS:
+        value = t.loc["better", f"bd_rate_{metric}"]
+        assert value == pytest.approx(without_b.loc["better", f"bd_rate_{metric}"], rel=1e-12)
+        assert value != pytest.approx(clean.loc["better", f"bd_rate_{metric}"], rel=1e-6)  # b mattered
+    # The anchor's own row does not lose b: its curve compares it with itself.
+    assert t.loc["jpeg", "n_excluded"] == 0 and t.loc["jpeg", "note"] == ""
+    # The summary still counts the failure at its rate point.
+    s = summarize(frame(rows)).set_index(["method", "rate_label"])
+    assert s.loc[("better", "r3"), "n_failed"] == 1 and s.loc[("better", "r0"), "n_failed"] == 0
+
+
+def test_anchor_failures_exclude_items_from_every_method_and_the_note_names_a_few():
+    items = [f"kodim{i:02d}" for i in range(1, 10)]
+    rows = uneven_curve_rows("jpeg", 1.0, items) + uneven_curve_rows("better", 0.8, items)
+    for item in items[:7]:  # seven anchor items fail at r1
+        hit = next(i for i, r in enumerate(rows) if r["method"] == "jpeg" and r["item"] == item
+                   and r["rate_label"] == "r1")
+        rows[hit] = failed(item=item, rate_label="r1", rate_value=1.0)
+    t = bd_rate_table(frame(rows), "jpeg").set_index("method")
+    assert t.loc["better", "n_excluded"] == 7 and t.loc["better", "n_items"] == 2
+    assert ("7 item(s) excluded after failures: kodim01, kodim02, kodim03, kodim04, kodim05, ..."
+            in t.loc["better", "note"])
+    assert math.isfinite(t.loc["better", "bd_rate_psnr_rgb"])
+    assert t.loc["jpeg", "n_excluded"] == 7
+
+
+def test_a_rate_point_where_every_item_failed_is_dropped_and_named():
     rows = curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR)
-    rows += curve_rows("better", [0.8 * b for b in ANCHOR_BPP], ANCHOR_PSNR)
-    # A failed item at the top rate point of "better": the point goes, the curve keeps 3 points.
-    rows.append(row(method="better", codec="better", item="img9", rate_label="r3", rate_value=3.0,
-                    bpp=0.8 * 1.6, status="encode_error", error="boom",
-                    psnr_rgb=math.nan, mse_rgb=math.nan, ms_ssim_rgb=math.nan))
+    rows += [r for r in curve_rows("better", [0.8 * b for b in ANCHOR_BPP], ANCHOR_PSNR) if r["rate_label"] != "r3"]
+    rows += [failed(method="better", codec="better", item=f"img{i}", rate_label="r3", rate_value=3.0)
+             for i in range(2)]
     rows += curve_rows("sparse", ANCHOR_BPP[:2], ANCHOR_PSNR[:2])
-    rows.append(row(method="sparse", codec="sparse", item="img9", rate_label="r1", rate_value=1.0, bpp=0.4,
-                    status="decode_error", error="truncated", psnr_rgb=math.nan, mse_rgb=math.nan))
-    t = bd_rate_table(summarize(frame(rows)), "jpeg").set_index("method")
-    assert t.loc["better", "n_points"] == 3
+    rows.append(failed(method="sparse", codec="sparse", item="img9", rate_label="r1", rate_value=1.0))
+    t = bd_rate_table(frame(rows), "jpeg").set_index("method")
+    assert t.loc["better", "n_points"] == 3 and t.loc["better", "n_excluded"] == 0
+    assert "method: rate point(s) r3 dropped, no item ok" in t.loc["better", "note"]
     assert t.loc["better", "bd_rate_psnr_rgb"] == pytest.approx(-20.0, abs=0.5)
-    assert "1 failed item(s); dropped rate point(s) r3" in t.loc["better", "note"]
     assert t.loc["better", "overlap_high_psnr_rgb"] == pytest.approx(35.0)
-    assert math.isnan(t.loc["sparse", "bd_rate_psnr_rgb"])
-    assert "fewer than the 2 needed" in t.loc["sparse", "note"]
-    assert "dropped rate point(s) r1" in t.loc["sparse", "note"]
+    # img9 has one failed row and no other: excluded, and the two-point curve survives.
+    assert t.loc["sparse", "n_points"] == 2 and t.loc["sparse", "n_excluded"] == 1
+    assert "excluded after failures: img9" in t.loc["sparse", "note"]
+    assert math.isfinite(t.loc["sparse", "bd_rate_psnr_rgb"])
+
+
+def test_no_common_item_gives_nan_with_a_reason():
+    rows = curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR)
+    # img0 of "better" fails at r3, img1 at r2: each point keeps an ok item, but no item is ok at all.
+    for r in curve_rows("better", [0.8 * b for b in ANCHOR_BPP], ANCHOR_PSNR):
+        broken = (r["item"], r["rate_label"]) in {("img0", "r3"), ("img1", "r2")}
+        rows.append(failed(**{k: r[k] for k in ("method", "codec", "item", "rate_label", "rate_value")}) if broken else r)
+    t = bd_rate_table(frame(rows), "jpeg").set_index("method")
+    assert math.isnan(t.loc["better", "bd_rate_psnr_rgb"]) and t.loc["better", "n_items"] == 0
+    assert "no item is ok at every rate point of both method and anchor" in t.loc["better", "note"]
+
+
+def test_per_rate_point_curves_are_taken_as_given_but_not_with_failures(study):
+    summary = summarize(study)
+    t = bd_rate_table(summary, "jpeg").set_index(["dataset", "method"])
+    assert t.loc[("kodak", "better"), "bd_rate_psnr_rgb"] == pytest.approx(-20.0, abs=0.5)
+    assert pd.isna(t.loc[("kodak", "better"), "n_items"]) and t.loc[("kodak", "better"), "n_excluded"] == 0
+    summary.loc[summary.index[0], "n_failed"] = 1
+    with pytest.raises(InputError, match="pass the per-item rows"):
+        bd_rate_table(summary, "jpeg")
 
 
 def test_non_monotonic_curve_is_nan():
     rows = curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR)
     rows += curve_rows("bumpy", ANCHOR_BPP, [25.0, 33.0, 31.0, 40.0])
-    t = bd_rate_table(summarize(frame(rows)), "jpeg").set_index("method")
+    t = bd_rate_table(frame(rows), "jpeg").set_index("method")
     assert math.isnan(t.loc["bumpy", "bd_rate_psnr_rgb"])
     assert "not strictly monotonic" in t.loc["bumpy", "note"]
 
@@ -208,7 +282,7 @@ def test_plot_single_point_and_all_nan_metric(tmp_path):
 
 
 def test_write_table_csv_and_html(study, tmp_path):
-    table = bd_rate_table(summarize(study), "jpeg")
+    table = bd_rate_table(study, "jpeg")
     write_table(table, tmp_path / "bd.csv")
     back = pd.read_csv(tmp_path / "bd.csv")
     assert back["bd_rate_psnr_rgb"].tolist()[:2] == pytest.approx(table["bd_rate_psnr_rgb"].tolist()[:2])
@@ -230,7 +304,7 @@ def test_end_to_end_from_shards(tmp_path):
         paths.append(tmp_path / f"s{i}.parquet")
         pq.write_table(pa.Table.from_pylist(rows[i : i + 4], schema=METRIC_ROW_SCHEMA), paths[-1])
     aggregate_shards(paths, tmp_path / "metrics.parquet", engine="pyarrow")
-    table = bd_rate_table(summarize(read_metrics(tmp_path / "metrics.parquet")), "jpeg").set_index("method")
+    table = bd_rate_table(read_metrics(tmp_path / "metrics.parquet"), "jpeg").set_index("method")
     assert table.loc["better", "bd_rate_psnr_of_mean_mse"] == pytest.approx(-20.0, abs=0.5)
 
 

@@ -196,3 +196,95 @@ def test_a_clip_whose_frames_changed_is_refused(tmp_path):
     (root / "walk" / "000001.png").unlink()
     with pytest.raises(UlbcError, match="holds 1 frames"):
         load_clip_verified(got_root, row)
+
+
+@pytest.fixture()
+def marked_dataset(tmp_path):
+    """Three same-size images; p1 carries the marker pixel that makes the test codec fail."""
+    root = tmp_path / "data"
+    root.mkdir()
+    ramp = np.add.outer(np.arange(24), np.arange(32))[:, :, None] * np.array([3, 2, 1])
+    for i in range(3):
+        image = ((ramp + 40 * i) % 256).astype(np.uint8)
+        image[0, 0] = MARKER if i == 1 else (0, 0, 0)
+        Image.fromarray(image).save(root / f"p{i}.png")
+    manifest = tmp_path / "manifest.parquet"
+    build_manifest("toy", root, [f"p{i}.png" for i in range(3)], manifest, progress=False)
+    return root, manifest
+
+
+MARKER = (1, 2, 3)
+
+
+@pytest.fixture()
+def batching_jpeg(monkeypatch):
+    """jpeg encoding same-size images in batches of 8, failing any batch that holds a marked image (or,
+    with ``fail_batches_over``, any batch larger than that); ``calls`` records each batch's size and
+    each result's info says the size of the batch it came from."""
+    from ulbc.codecs import CODECS
+    from ulbc.codecs.base import Codec
+
+    cls = CODECS["jpeg"]
+    state = {"calls": [], "fail_batches_over": None}
+
+    def encode_payload_batch(self, images, rate, *, device, seeds):
+        state["calls"].append(len(images))
+        if any(tuple(img[0, 0]) == MARKER for img in images):
+            raise RuntimeError("marked image")
+        if state["fail_batches_over"] is not None and len(images) > state["fail_batches_over"]:
+            raise MemoryError("batch too large")
+        results = Codec.encode_payload_batch(self, images, rate, device=device, seeds=seeds)
+        for result in results:
+            result.info = {"batch": len(images)}
+        return results
+
+    monkeypatch.setattr(cls, "batch_size", lambda self, device="cpu": 8)
+    monkeypatch.setattr(cls, "encode_payload_batch", encode_payload_batch)
+    return state
+
+
+def test_record_mode_isolates_a_failing_item_of_a_batch(tmp_path, marked_dataset, batching_jpeg, capsys):
+    """One bad image in a batch of three: two ok rows and one error row naming it, and the other two
+    are encoded together, as they would have been had the bad image failed to load."""
+    import json
+
+    root, manifest = marked_dataset
+    spec = MethodSpec("jpeg", "jpeg", 50)
+    _, table = run_all(tmp_path, manifest, spec, per_job=3, on_error="record")
+    df = table.to_pandas().set_index("item")
+    assert df.loc["p1", "status"] == "encode_error" and "p1.png" in df.loc["p1", "error"]
+    assert "marked image" in df.loc["p1", "error"] and "more in its batch" not in df.loc["p1", "error"]
+    assert (df.loc[["p0", "p2"], "status"] == "ok").all() and (df.loc[["p0", "p2"], "psnr_rgb"] > 20).all()
+    # The whole batch, its halves [p0] and [p1, p2], then [p1] and [p2] alone, then p0 and p2 together.
+    assert batching_jpeg["calls"] == [3, 1, 2, 1, 1, 2]
+    assert [json.loads(df.loc[i, "encode_info"])["batch"] for i in ("p0", "p2")] == [2, 2]
+    err = capsys.readouterr().err
+    assert "a batch of 3 failed" in err and "retrying its items: p0, p1, p2" in err
+    assert [line for line in err.splitlines() if "p1 failed:" in line and "marked image" in line]
+
+    # The same bytes as when p1 cannot even be loaded.
+    with PackReader(tmp_path / "w" / "b.zip") as pack:
+        retried = {n: pack.read(n) for n in pack.names()}
+    (root / "p1.png").write_bytes(b"not a png")
+    encode_shard(manifest, 0, 3, spec, tmp_path / "l.zip", tmp_path / "l.parquet", on_error="record", progress=False)
+    with PackReader(tmp_path / "l.zip") as pack:
+        assert {n: pack.read(n) for n in pack.names()} == retried and sorted(retried) == ["p0.ulb", "p2.ulb"]
+
+
+def test_fail_mode_stops_at_the_failing_batch_without_retries(tmp_path, marked_dataset, batching_jpeg):
+    _, manifest = marked_dataset
+    with pytest.raises(UlbcError, match=r"p0\.png \(and 2 more in its batch\): jpeg encoder failed \(marked image\)"):
+        encode_shard(manifest, 0, 3, MethodSpec("jpeg", "jpeg", 50), tmp_path / "b.zip", tmp_path / "e.parquet",
+                     on_error="fail", progress=False)
+    assert batching_jpeg["calls"] == [3] and not (tmp_path / "b.zip").exists()
+
+
+def test_a_batch_that_fails_as_a_whole_keeps_the_smaller_batches_results(tmp_path, dataset, batching_jpeg, capsys):
+    """No item fails on its own (e.g. the batch did not fit in memory): every item gets an ok row from
+    the bisection's smaller batches."""
+    _, manifest = dataset
+    batching_jpeg["fail_batches_over"] = 1
+    _, table = run_all(tmp_path, manifest, MethodSpec("jpeg", "jpeg", 50), per_job=3, on_error="record")
+    assert table.column("status").to_pylist() == ["ok"] * 3
+    assert batching_jpeg["calls"] == [3, 1, 2, 1, 1]
+    assert "no item fails in a smaller batch" in capsys.readouterr().err

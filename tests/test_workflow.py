@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, needs_ffmpeg
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +146,118 @@ def test_video_dataset_end_to_end(tmp_path, photo):
             assert part["bytes"].isna().all() and part["bpp"].isna().all()
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["n_items"]) == {1}  # one clip per rate point, its frames not counted as items
+
+
+def _dry_run_jobs(tmp_path: Path, config: Path) -> dict[str, list[dict]]:
+    """rule -> the wildcards of each job that `snakemake -n` schedules."""
+    proc = snakemake(tmp_path, config, "-n", "--quiet", "all", "--printshellcmds")
+    jobs: dict[str, list[dict]] = {}
+    rule = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        line = line.strip()
+        if line.startswith(("rule ", "checkpoint ", "localrule ", "localcheckpoint ")) and line.endswith(":"):
+            rule = line.split()[1].rstrip(":")
+            jobs.setdefault(rule, []).append({})
+        elif rule and line.startswith("wildcards:"):
+            jobs[rule][-1] = dict(pair.split("=", 1) for pair in line.removeprefix("wildcards:").strip().split(", "))
+    return jobs
+
+
+def test_users_study_is_exactly_its_config(tmp_path, photo):
+    """--configfile defines the study alone (the demo's datasets and methods are not merged in),
+    and `snakemake -n` schedules what `ulbc check-config` reports."""
+    config = write_study(tmp_path, photo, items_per_job=2)
+    report = subprocess.run([sys.executable, "-m", "ulbc", "check-config", str(config), "--json"],
+                            capture_output=True, text=True, check=True, cwd=tmp_path)
+    study = json.loads(report.stdout)
+    assert study["datasets"] == ["tiny"] and set(study["methods"]) == {"jpeg", "webp"}
+    # Before the manifest checkpoint has run, only the study's own dataset is planned.
+    jobs = _dry_run_jobs(tmp_path, config)
+    assert [job["dataset"] for job in jobs["manifest"]] == ["tiny"]
+    assert "extract_frames" not in jobs and "fetch_dataset" not in jobs
+    # Once the manifest exists, every shard job is known: 3 images at 2 per job = 2 shards.
+    snakemake(tmp_path, config, "--cores", "1", str(tmp_path / "results" / "e2e" / "manifests" / "tiny.parquet"))
+    jobs = _dry_run_jobs(tmp_path, config)
+    expected = sorted((dataset, method, rate, shard) for method, entry in study["methods"].items()
+                      for dataset in entry["datasets"] for rate in entry["rates"] for shard in ("00000", "00001"))
+    for rule in ("encode_shard", "evaluate_shard"):
+        scheduled = sorted((j["dataset"], j["method"], j["rate"], j["shard"]) for j in jobs[rule])
+        assert scheduled == expected, rule
+    assert set(jobs) == {"encode_shard", "evaluate_shard", "aggregate", "analyse", "run_manifest", "all"}
+
+
+def test_empty_study_config_is_refused(tmp_path):
+    """An empty study is an error, not the schema's defaults (Snakemake itself refuses an empty file)."""
+    config = tmp_path / "empty.yaml"
+    for text, message in (("", "Config file must be given as JSON or YAML"), ("{}\n", "no study configured")):
+        config.write_text(text)
+        proc = snakemake(tmp_path, config, "-n", check=False)
+        assert proc.returncode != 0 and message in proc.stdout + proc.stderr, text
+
+
+def _copy_of_ulbc(dest: Path) -> Path:
+    """A private copy of the workflow and the package, so a test can edit a codec's code."""
+    dest.mkdir()
+    for name in ("Snakefile", "workflow", "ulbc", "config", "profiles"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+@needs_ffmpeg
+def test_changed_codec_code_reruns_its_shards_and_refuses_mixed_rows(tmp_path, photo):
+    copy = _copy_of_ulbc(tmp_path / "src")
+    work = tmp_path / "work"
+    work.mkdir()
+    config = write_study(work, photo, methods={"jpeg": {"rates": [20, 80]}, "hevc-intra": {"rates": [32, 42]}})
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONUNBUFFERED": "1"}
+    run = [sys.executable, "-m", "snakemake", "--snakefile", str(copy / "Snakefile"), "--directory", str(work),
+           "--configfile", str(config), "--cores", "2"]
+
+    def snakemake_copy(*args):
+        # cwd: `python -m` puts the current folder first on sys.path, which must not be this checkout.
+        proc = subprocess.run([*run, *args], capture_output=True, text=True, timeout=900, env=env, cwd=work)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc.stdout + proc.stderr
+
+    snakemake_copy()
+    out = work / "results" / "e2e"
+    before = pq.read_table(out / "metrics.parquet").to_pandas()
+    assert before.groupby("method")["code_digest"].nunique().eq(1).all()
+    hevc_shard = out / "shards" / "tiny" / "hevc-intra" / "qp32" / "00000.parquet"
+    old_hevc_shard = hevc_shard.read_bytes()
+    jpeg_shards = {p: p.stat().st_mtime_ns for p in (out / "shards" / "tiny" / "jpeg").rglob("*.parquet")}
+    # Edit the hevc-intra codec's module: its shards are recomputed, jpeg's (other code) are not.
+    codec_module = copy / "ulbc" / "codecs" / "ffmpeg_codecs.py"
+    codec_module.write_text(codec_module.read_text() + "\n# a code change\n")
+    snakemake_copy()
+    after = pq.read_table(out / "metrics.parquet").to_pandas()
+    hevc_before = set(before.loc[before["method"] == "hevc-intra", "code_digest"])
+    assert set(after.loc[after["method"] == "hevc-intra", "code_digest"]).isdisjoint(hevc_before)
+    assert set(after.loc[after["method"] == "jpeg", "code_digest"]) == set(before.loc[before["method"] == "jpeg", "code_digest"])
+    assert {p: p.stat().st_mtime_ns for p in jpeg_shards} == jpeg_shards
+    # A stale shard from the old code next to new ones: the aggregation refuses the mix in one line...
+    stale = tmp_path / "stale.parquet"
+    stale.write_bytes(old_hevc_shard)
+    shards = sorted(str(p) for p in (out / "shards").rglob("*.parquet") if p != hevc_shard)
+    cli = [sys.executable, "-m", "ulbc", "aggregate", *shards, str(stale), "--out", str(tmp_path / "mixed.parquet")]
+    proc = subprocess.run(cli, capture_output=True, text=True, env=env, cwd=work)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "mix code versions" in proc.stderr
+    assert not (tmp_path / "mixed.parquet").exists()
+    # ... and when asked to mix, it does, and says so in the file and in the analysis tables.
+    proc = subprocess.run([*cli, "--allow-mixed-versions"], capture_output=True, text=True, env=env, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    from ulbc.aggregate import version_mix
+
+    assert "method 'hevc-intra' has rows from 2 code versions" in version_mix(tmp_path / "mixed.parquet")
+    proc = subprocess.run([sys.executable, "-m", "ulbc", "analyse", str(tmp_path / "mixed.parquet"), "--outdir",
+                           str(tmp_path / "analysis"), "--anchor", "jpeg"], capture_output=True, text=True, env=env,
+                          cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert "mix code versions" in proc.stderr
+    for table in ("summary.html", "bdrate.html", "summary.csv", "bdrate.csv"):
+        assert "rows from 2 code versions" in (tmp_path / "analysis" / table).read_text(), table

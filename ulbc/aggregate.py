@@ -25,6 +25,8 @@ from .schema import METRIC_ROW_SCHEMA
 ENGINES = ("dask", "pyarrow")
 SORT_KEYS = ("dataset", "method", "rate_value", "item")
 METADATA_PREFIX = "ulbc."
+#: Metadata key (after the prefix) describing rows of several code versions aggregated on request.
+VERSION_MIX_KEY = "version_mix"
 
 # Parquet reads release the GIL; a few threads also hide file-open latency, even on 2 cores.
 _READ_THREADS = 4
@@ -193,11 +195,14 @@ def aggregate_shards(
     *,
     engine: str = "dask",
     metadata: dict[str, str] | None = None,
+    allow_mixed_versions: bool = False,
 ) -> int:
     """Concatenate the shard Parquets into one file sorted by (dataset, method, rate_value, item).
 
-    The output carries METRIC_ROW_SCHEMA and ``metadata`` as ``ulbc.<key>`` key-value pairs (run
-    provenance). Both engines yield the same table (NaN and null kept apart) at about the same speed
+    Rows from different code versions are refused (:func:`check_code_versions`) unless
+    ``allow_mixed_versions``; an allowed mix is described in the ``ulbc.version_mix`` metadata key,
+    which the analysis repeats in its tables. The output carries METRIC_ROW_SCHEMA and ``metadata``
+    as ``ulbc.<key>`` key-value pairs (run provenance). Both engines yield the same table (NaN and null kept apart) at about the same speed
     on one machine (benchmarks/scale.py); "dask" partitions the work in batches of shard files,
     "pyarrow" needs no dask. Returns the number of rows written.
     """
@@ -207,13 +212,27 @@ def aggregate_shards(
     if not paths:
         raise InputError(f"{os.fspath(out_path)}: no shard files to aggregate")
     table = _read_with_dask(paths) if engine == "dask" else _read_with_pyarrow(paths)
+    mix = check_code_versions(table, allow_mixed=allow_mixed_versions)
     table = _sorted(with_clip_rows(table))
+    metadata = dict(metadata or {})
+    if mix:
+        metadata[VERSION_MIX_KEY] = mix
     table = table.replace_schema_metadata(
-        {f"{METADATA_PREFIX}{key}": str(value) for key, value in (metadata or {}).items()}
+        {f"{METADATA_PREFIX}{key}": str(value) for key, value in metadata.items()}
     )
     with atomic_path(out_path) as tmp:
         pq.write_table(table, tmp)
     return table.num_rows
+
+
+def version_mix(path: str | os.PathLike) -> str | None:
+    """The description of a code-version mix that an aggregated metrics file was allowed to hold."""
+    try:
+        meta = pq.read_schema(os.fspath(path)).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    value = meta.get(f"{METADATA_PREFIX}{VERSION_MIX_KEY}".encode())
+    return value.decode() if value else None
 
 
 def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
@@ -231,3 +250,43 @@ def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     if difference:
         raise InputError(f"{path}: schema differs from ulbc's row schema: {difference}")
     return table.to_pandas()
+
+
+def check_code_versions(table: pa.Table, *, allow_mixed: bool = False,
+                        current: dict[str, str] | None = None) -> str | None:
+    """Refuse rows that different code produced, unless ``allow_mixed``; return a description of the
+    mix when one is allowed (None when every row comes from one code version per method).
+
+    Rows of one method must share one ``code_digest`` and one ``codec_version``, and each digest must
+    be the one the current code has (``current``: codec -> digest, computed here when not given):
+    otherwise old and new shards would be BD-rated together. Methods may come from different git
+    commits as long as the code each depends on is the same; the commits are listed in the message.
+    """
+    from .provenance import code_digest
+
+    if table.num_rows == 0:
+        return None
+    df = table.select(["method", "codec", "code_digest", "codec_version", "git_commit"]).to_pandas()
+    problems: list[str] = []
+    for (method, codec), part in df.groupby(["method", "codec"], sort=True):
+        digests = sorted(part["code_digest"].unique())
+        libraries = sorted(part["codec_version"].unique())
+        if len(digests) > 1:
+            problems.append(f"method {method!r} has rows from {len(digests)} code versions ({', '.join(digests)})")
+        elif len(libraries) > 1:
+            problems.append(f"method {method!r} has rows from {len(libraries)} codec versions ({'; '.join(libraries)})")
+        else:
+            try:
+                want = current[codec] if current is not None else code_digest(codec)
+            except (KeyError, ConfigError):
+                want = None  # a codec this installation does not have: only internal consistency is checkable
+            if want is not None and digests[0] != want:
+                problems.append(f"method {method!r} rows come from other code (digest {digests[0]}, current {want})")
+    if not problems:
+        return None
+    commits = sorted(df["git_commit"].unique())
+    message = "; ".join(problems) + f" (git commits in the rows: {', '.join(commits)})"
+    if not allow_mixed:
+        raise InputError(f"results mix code versions: {message}; rerun the affected shards "
+                         "(snakemake reruns shards whose code changed) or set allow_mixed_versions: true")
+    return message

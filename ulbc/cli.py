@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,9 +29,12 @@ def _parse_options(pairs: list[str] | None, json_text: str | None) -> dict:
     options: dict = {}
     if json_text:
         try:
-            options.update(json.loads(json_text))
+            parsed = json.loads(json_text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--options: not valid JSON ({exc})") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"--options: expected a JSON object of option names and values, got {json_text!r}")
+        options.update(parsed)
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
@@ -107,9 +111,11 @@ def cmd_decode(args) -> None:
     codec, _, image, _ = decode_bitstream_data(data, device=args.device, name=str(args.input))
     elapsed = time.perf_counter() - start
     _save_decoded(image, args.output)
+    torch = sys.modules.get("torch")  # loaded by the codecs that decode with it
     print(json.dumps({"output": str(args.output), "codec": codec.name, "width": image.shape[-2],
                       "height": image.shape[-3], **({"frames": image.shape[0]} if image.ndim == 4 else {}),
-                      "decode_s": round(elapsed, 4)}))
+                      "decode_s": round(elapsed, 4),
+                      **({"torch_threads": torch.get_num_threads()} if torch is not None else {})}))
 
 
 def cmd_eval(args) -> None:
@@ -158,10 +164,13 @@ def cmd_codecs(args) -> None:
     rows = []
     for name, cls in sorted(CODECS.items(), key=lambda kv: kv[1].codec_id):
         reason = cls.availability()
+        specs = {key: {"default": spec.default, "kind": spec.kind, "accepts": spec.requirement(), "help": spec.help}
+                 for key, spec in cls.option_specs.items()}
         rows.append({"name": name, "id": cls.codec_id, "media": cls.media, "gpu": cls.uses_gpu,
                      "rate_param": cls.rate_param, "default_rates": list(cls.default_rates),
-                     "options": cls.option_defaults, "available": reason is None, "reason": reason or "",
-                     "description": cls.description})
+                     "rate_range": list(cls.rate_range), "integer_rates": cls.integer_rates,
+                     "options": cls.option_defaults, "option_specs": specs,
+                     "available": reason is None, "reason": reason or "", "description": cls.description})
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -171,7 +180,13 @@ def cmd_codecs(args) -> None:
         status = "yes" if r["available"] else f"no: {r['reason']}"
         print(f"{r['name']:<15} {r['id']:>3} {r['media']:<6} {'yes' if r['gpu'] else 'no':<4} {grid:<44} {status}")
         if args.verbose:
-            print(f"{'':16}{r['description']}; options {r['options']}")
+            lo, hi = r["rate_range"]
+            whole = "whole numbers " if r["integer_rates"] else ""
+            print(f"{'':16}{r['description']}")
+            print(f"{'':16}rate: {r['rate_param']}, {whole}in [{lo:g}, {hi:g}]")
+            for key, spec in r["option_specs"].items():
+                print(f"{'':16}{key} = {json.dumps(spec['default'])}: {spec['accepts']}"
+                      + (f"; {spec['help']}" if spec["help"] else ""))
 
 
 def cmd_metrics(args) -> None:
@@ -281,22 +296,28 @@ def cmd_aggregate(args) -> None:
     shards = list(args.shards)
     if args.shard_list:
         shards += [line.strip() for line in Path(args.shard_list).read_text().splitlines() if line.strip()]
-    n = aggregate_shards(shards, args.out, engine=args.engine, metadata=run_provenance())
+    n = aggregate_shards(shards, args.out, engine=args.engine, metadata=run_provenance(),
+                         allow_mixed_versions=args.allow_mixed_versions)
     print(json.dumps({"metrics": str(args.out), "rows": n, "shards": len(shards)}))
 
 
 def cmd_analyse(args) -> None:
-    from .aggregate import read_metrics
+    from .aggregate import read_metrics, version_mix
     from .rd import bd_rate_table, plot_rd, summarize, write_table
 
     frame = read_metrics(args.metrics)
+    mix = version_mix(args.metrics)
+    notice = f"These results mix code versions (allow_mixed_versions): {mix}" if mix else None
+    if notice:
+        print(f"ulbc: warning: {notice}", file=sys.stderr)
     summary = summarize(frame)
     out = Path(args.outdir)
-    write_table(summary, out / "summary.csv")
-    write_table(summary, out / "summary.html")
-    table = bd_rate_table(summary, args.anchor, interpolation=args.interpolation)
-    write_table(table, out / "bdrate.csv")
-    write_table(table, out / "bdrate.html")
+    write_table(summary, out / "summary.csv", notice=notice)
+    write_table(summary, out / "summary.html", notice=notice)
+    # Per-item rows: the BD-rate keeps the items ok at every rate point of method and anchor.
+    table = bd_rate_table(frame, args.anchor, interpolation=args.interpolation)
+    write_table(table, out / "bdrate.csv", notice=notice)
+    write_table(table, out / "bdrate.html", notice=notice)
     plot_rd(summary, [out / "rd_psnr.png", out / "rd_psnr.svg"], metric="psnr_rgb", anchor=args.anchor)
     plot_rd(summary, [out / "rd_msssim.png", out / "rd_msssim.svg"], metric="ms_ssim_db", anchor=args.anchor)
     failed = int(summary["n_failed"].sum())
@@ -307,12 +328,13 @@ def cmd_analyse(args) -> None:
 
 def cmd_bdrate(args) -> None:
     from .aggregate import read_metrics
-    from .rd import bd_rate_table, summarize, write_table
+    from .rd import bd_rate_table, write_table
 
-    table = bd_rate_table(summarize(read_metrics(args.metrics)), args.anchor, interpolation=args.interpolation)
+    table = bd_rate_table(read_metrics(args.metrics), args.anchor, interpolation=args.interpolation)
     if args.out:
         write_table(table, args.out)
-    cols = ["dataset", "method", "anchor"] + [c for c in table.columns if c.startswith("bd_rate_")] + ["note"]
+    cols = ["dataset", "method", "anchor"] + [c for c in table.columns if c.startswith("bd_rate_")]
+    cols += ["n_excluded", "note"]
     print(table[[c for c in cols if c in table.columns]].to_string(index=False, float_format=lambda v: f"{v:+.2f}"))
 
 
@@ -321,9 +343,23 @@ def cmd_check_config(args) -> None:
 
     config = load_config(args.config)
     plans = check_study(config)
+    datasets = list(config["datasets"])
+    if args.json:
+        # What the workflow will run: every (dataset, method, rate point), as Snakemake wires it.
+        print(json.dumps({
+            "study": config["study"],
+            "datasets": datasets,
+            "methods": {plan.name: {"codec": plan.codec, "rates": [p.label for p in plan.rates],
+                                    "datasets": [d for d in datasets if plan.runs_on(d)]}
+                        for plan in plans.values()},
+            "anchor": config["anchor"],
+        }, indent=2))
+        return
+    print(f"study {config['study']}: dataset(s) {', '.join(datasets)}")
     for plan in plans.values():
-        print(f"{plan.name}: codec {plan.codec}, rates {', '.join(p.label for p in plan.rates)}")
-    print(f"config OK: {len(config['datasets'])} dataset(s), {len(plans)} method(s)")
+        on = ", ".join(d for d in datasets if plan.runs_on(d))
+        print(f"{plan.name}: codec {plan.codec}, rates {', '.join(p.label for p in plan.rates)}; on {on}")
+    print(f"config OK: {len(datasets)} dataset(s), {len(plans)} method(s)")
 
 
 # -- parser --------------------------------------------------------------------------------------------
@@ -339,6 +375,31 @@ def _add_shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True)
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--items-per-job", type=int, required=True)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="CPU threads for the decoders' tensor maths (default: the library's own choice, all "
+                        "cores; on a busy machine 1 is often faster)")
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Cap the intra-op threads of the numeric libraries, before or after they are imported."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _add_bd_args(p: argparse.ArgumentParser) -> None:
@@ -370,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--device", default="auto")
+    _add_threads_arg(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("eval", help="metrics of a bitstream (decoded) or an image against a reference")
@@ -439,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="fail")
     p.add_argument("--quiet", action="store_true")
+    _add_threads_arg(p)
     p.set_defaults(func=cmd_decode_shard)
 
     p = sub.add_parser("metrics-shard", help="workflow stage: per-item metrics of one shard -> Parquet")
@@ -464,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-hash", default="")
     p.add_argument("--device", default="auto")
     p.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="fail")
+    _add_threads_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate_shard)
 
@@ -472,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-list", help="file with one shard path per line")
     p.add_argument("--out", required=True)
     p.add_argument("--engine", choices=("dask", "pyarrow"), default="dask")
+    p.add_argument("--allow-mixed-versions", action="store_true",
+                   help="aggregate rows from different code versions (the tables then say so)")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("analyse", help="summary, BD-rate tables and RD plots from metrics.parquet")
@@ -486,12 +552,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a study config without running anything")
     p.add_argument("config")
+    p.add_argument("--json", action="store_true", help="print the study's datasets, methods and rate points as JSON")
     p.set_defaults(func=cmd_check_config)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        limit_cpu_threads(args.threads)
     try:
         args.func(args)
     except UlbcError as exc:

@@ -7,6 +7,8 @@ workflow before any job runs.
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 import yaml
@@ -55,12 +57,22 @@ class MethodPlan:
         )
 
 
+_YAML_TYPE_NAMES = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
 def load_config(path: str | Path) -> dict:
     """Read a YAML config and fill in the schema's defaults (outside Snakemake, e.g. in tests)."""
     try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"{path}: cannot read config ({' '.join(line.strip() for line in first[:3])})") from None
+    # An empty file would otherwise become the schema's default study without a word.
+    if config is None or config == {}:
+        raise ConfigError(f"{path}: is empty: a study needs at least datasets and methods")
+    if not isinstance(config, dict):
+        kind = _YAML_TYPE_NAMES.get(type(config), type(config).__name__)
+        raise ConfigError(f"{path}: a config must be a mapping of keys (datasets, methods, ...), not {kind}")
     return validate_with_schema(config, str(path))
 
 
@@ -118,6 +130,25 @@ def plan_methods(config: dict) -> dict[str, MethodPlan]:
     return plans
 
 
+def _check_local_path(name: str, entry: dict, *, video: bool) -> None:
+    """A local dataset's path names a folder (a video dataset: or one file) or a glob matching a file,
+    relative to the current directory as the manifest step reads it (:func:`ulbc.datasets.resolve_items`).
+    Cheap: a glob stops at its first file, and folders are not listed (the workflow parses this on every job)."""
+    from .datasets import _has_glob
+
+    raw = entry.get("path")
+    if not raw:
+        raise ConfigError(f"datasets.{name}: source 'local' needs a 'path'")
+    text = os.path.expanduser(str(raw))
+    where = "" if os.path.isabs(text) else f" (relative to the current directory, {os.getcwd()})"
+    if _has_glob(text):
+        if not any(os.path.isfile(match) for match in glob.iglob(text, recursive=True)):
+            raise ConfigError(f"datasets.{name}: no files match path {raw}{where}")
+    elif not (os.path.isdir(text) or (video and os.path.isfile(text))):
+        problem = "is not a folder" if os.path.exists(text) else "does not exist"
+        raise ConfigError(f"datasets.{name}: path {raw} {problem}{where}")
+
+
 def check_study(config: dict) -> dict[str, MethodPlan]:
     """Checks beyond the schema; returns the method plans the workflow wires jobs from."""
     from .clips import SAMPLE_CLIP_SOURCE, frame_options, is_video_entry
@@ -134,8 +165,8 @@ def check_study(config: dict) -> dict[str, MethodPlan]:
                 frame_options(entry)
             except ConfigError as exc:
                 raise ConfigError(f"datasets.{name}: {exc}") from None
-        if source == "local" and not entry.get("path"):
-            raise ConfigError(f"datasets.{name}: source 'local' needs a 'path'")
+        if source == "local":
+            _check_local_path(name, entry, video=is_video_entry(entry))
         if "/" in name or name.startswith("."):
             raise ConfigError(f"datasets.{name}: dataset names cannot contain '/' or start with '.'")
     for plan in plans.values():

@@ -5,8 +5,12 @@ Accepted as they are: 8-bit RGB. Converted (documented in the README):
   * images with alpha (RGBA, LA, P with transparency) -> composited on a white background;
   * CMYK / YCbCr / LAB -> RGB with Pillow's conversion.
 Refused with a one-line error: unreadable or truncated files, 16-bit or floating-point images (an 8-bit
-codec study would silently drop their precision), images above ``MAX_PIXELS``, empty images.
-Pixels are used in stored order; EXIF orientation tags are not applied.
+codec study would silently drop their precision), images above ``MAX_PIXELS``, empty images, and
+multi-frame images (animated GIF, PNG or WebP, multi-page TIFF), which would silently become their
+first frame. JPEGs carrying extra pictures (MPO: previews, gain maps) and layered PSDs are read as
+their primary image, as viewers show them.
+Pixels are used in stored order for every format: EXIF orientation tags are never applied (Pillow's
+TIFF plugin rotates on load; that rotation is undone).
 """
 
 from __future__ import annotations
@@ -14,19 +18,43 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import ExifTags, Image, ImageFile
 
 from .errors import InputError
 from .fsutil import atomic_path
+from .limits import DEFAULT_MAX_PIXELS
 
 # Refuse truncated files instead of padding them with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-#: Largest accepted image (pixels). 2**28 = 268 Mpx, e.g. 16384 x 16384.
-MAX_PIXELS = 2**28
+#: Largest accepted image (pixels): 2**28 = 268 Mpx, e.g. 16384 x 16384, the same number that caps
+#: what a bitstream header may claim by default (ulbc.limits).
+MAX_PIXELS = DEFAULT_MAX_PIXELS
+
+# One limit: Pillow's bomb guard (an error above 2 * MAX_IMAGE_PIXELS, default 89 Mpx) must not refuse
+# what ulbc accepts. Its warning (above MAX_IMAGE_PIXELS) precedes ulbc's own one-line refusal of the
+# same image, so it is only noise.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+#: Formats whose extra frames are not further pictures of the content: an MPO's are previews, gain
+#: maps or a second stereo view of its primary JPEG image, a PSD's are the layers of its composite.
+_PRIMARY_FRAME_FORMATS = frozenset({"MPO", "PSD"})
+
+#: EXIF orientation -> the transpose that undoes what ``ImageOps.exif_transpose`` did for it.
+_UNDO_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;32", "RGB;16", "RGBA;16"}
 
@@ -78,18 +106,44 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     return load_rgb_and_mode(path)[0]
 
 
-def _check_header(img: Image.Image, path: Path) -> None:
-    """Refuse what no documented conversion covers, from the header alone."""
+def _too_large(path: Path, what: str) -> InputError:
+    return InputError(f"{path}: image is {what}, above the limit of {MAX_PIXELS} pixels (2^28)")
+
+
+def _loader_orientation(img: Image.Image) -> int:
+    """The EXIF orientation that Pillow applies while loading ``img`` (read before loading), or 1.
+
+    Only the TIFF plugin does so (its ``load_end`` calls ``exif_transpose`` and reports the rotated
+    size from the header on); the other plugins leave the pixels as stored.
+    """
+    if img.format != "TIFF":
+        return 1
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    return orientation if orientation in _UNDO_ORIENTATION else 1
+
+
+def _stored_size(img: Image.Image, orientation: int) -> tuple[int, int]:
     w, h = img.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _check_header(img: Image.Image, path: Path, size: tuple[int, int]) -> None:
+    """Refuse what no documented conversion covers, from the header alone."""
+    w, h = size
     if w < 1 or h < 1:
         raise InputError(f"{path}: empty image ({w}x{h})")
     if w * h > MAX_PIXELS:
-        raise InputError(f"{path}: image is {w}x{h} = {w * h} pixels, above the limit of {MAX_PIXELS}")
+        raise _too_large(path, f"{w}x{h} = {w * h} pixels")
     depth = _source_bit_depth(img, path)
     if depth > 8 or img.mode in _HIGH_DEPTH_MODES:
         raise InputError(
             f"{path}: {depth}-bit image (mode {img.mode}); ulbc studies 8-bit RGB, "
             "convert it to 8 bits per channel first"
+        )
+    if getattr(img, "is_animated", False) and img.format not in _PRIMARY_FRAME_FORMATS:
+        raise InputError(
+            f"{path}: {img.format} image has {img.n_frames} frames, and ulbc would read only the first; "
+            "store them as a video file (.mkv, .mp4) or a folder of PNG frames, or save the one frame wanted"
         )
 
 
@@ -98,15 +152,23 @@ def _open_checked(path: Path, decode: bool):
         raise InputError(f"{path}: no such file")
     try:
         with Image.open(path) as img:
-            _check_header(img, path)
+            orientation = _loader_orientation(img)
+            size = _stored_size(img, orientation)
+            _check_header(img, path, size)
             if not decode:
-                return None, img.size, img.mode
+                return None, size, img.mode
             img.load()
-            return to_rgb8(img, str(path)), img.size, img.mode
+            stored = img
+            if orientation != 1 and ExifTags.Base.Orientation not in img.tag_v2:  # the plugin rotated it
+                stored = img.transpose(_UNDO_ORIENTATION[orientation])
+            if stored.size != size:
+                raise InputError(f"{path}: decoded as {stored.size[0]}x{stored.size[1]}, header says {size[0]}x{size[1]}")
+            return to_rgb8(stored, str(path)), size, img.mode
     except InputError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{path}: image too large ({exc})") from None
+    except Image.DecompressionBombError:
+        # Pillow's guard fires (above 2 * MAX_IMAGE_PIXELS) before ulbc's own check can see the size.
+        raise _too_large(path, f"over {2 * MAX_PIXELS} pixels") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: unreadable or truncated image ({msg})") from None

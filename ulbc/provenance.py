@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -9,6 +10,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,105 @@ def git_commit() -> str:
     except (subprocess.SubprocessError, OSError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
+
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+#: Code that shapes every result row whatever the codec: the shard runner (loading, seeds, packs,
+#: row building, and what it imports) and the metric registry.
+_PIPELINE_MODULES = ("ulbc.runner", "ulbc.metrics")
+#: Registries that import every plugin module to register it; one codec does not depend on the others.
+_REGISTRY_PACKAGES = frozenset({"ulbc.codecs"})
+
+
+def _module_path(module: str) -> Path | None:
+    """Source file of a ulbc module or package, or None for anything else."""
+    parts = module.split(".")
+    if parts[0] != "ulbc":
+        return None
+    base = _PACKAGE_ROOT.joinpath(*parts[1:])
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return None
+
+
+def _imported_ulbc_modules(module: str, path: Path) -> set[str]:
+    """ulbc modules that ``module`` imports anywhere in its source (function-level imports too),
+    with their parent packages, which Python runs first."""
+    tree = ast.parse(path.read_bytes(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                target = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            if module in _REGISTRY_PACKAGES and node.level == 1 and not node.module:
+                continue  # `from . import plugin`: the registry registering its plugins
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+    with_parents = set()
+    for name in found:
+        parts = name.split(".")
+        with_parents.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {name for name in with_parents if _module_path(name) is not None}
+
+
+@functools.lru_cache(maxsize=None)
+def _source_files(roots: tuple[str, ...]) -> tuple[Path, ...]:
+    """Every source file the ``roots`` modules import, directly or not (ulbc modules only; a root
+    outside ulbc, e.g. a user's codec plugin, counts with its own file)."""
+    files: set[Path] = set()
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = _module_path(module)
+        if path is None:
+            outside = getattr(sys.modules.get(module), "__file__", None)
+            if outside:
+                files.add(Path(outside).resolve())
+            continue
+        files.add(path)
+        todo.extend(_imported_ulbc_modules(module, path) - seen)
+    return tuple(sorted(files))
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(codec_name: str) -> str:
+    """Fingerprint of the code that makes a codec's result rows (16 hex digits).
+
+    It hashes the source of the codec's module and of every ulbc module it imports, the shard runner
+    and the metrics (with what they import), the ulbc version and the codec's library version. So
+    an edit to one codec's code changes that codec's digest and no other's, while an edit to shared
+    code (containers, runner, metrics) changes them all. The workflow passes it as a rule parameter,
+    so Snakemake recomputes exactly the shards whose code changed; the aggregation refuses rows whose
+    digest is not the current one.
+    """
+    from .codecs import codec_class
+
+    cls = codec_class(codec_name)
+    files = _source_files((cls.__module__, *_PIPELINE_MODULES))
+    sources = []
+    for path in files:
+        try:
+            label = path.relative_to(_PACKAGE_ROOT).as_posix()
+        except ValueError:
+            label = path.name
+        sources.append([label, hashlib.sha256(path.read_bytes()).hexdigest()])
+    try:
+        library = cls().version()
+    except Exception:  # noqa: BLE001 - a codec unavailable here still has a code digest
+        library = "unavailable"
+    return config_hash({"ulbc": __version__, "codec": codec_name, "library": library, "sources": sources})
 
 
 @functools.lru_cache(maxsize=None)

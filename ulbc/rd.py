@@ -4,6 +4,10 @@ Two dataset-level PSNR conventions are kept side by side because published BD-ra
 several points between them: ``psnr_rgb`` is the mean of per-item PSNR (common for image sets
 such as Kodak), ``psnr_of_mean_mse`` is the PSNR of the mean MSE, which is dominated by the
 worst-coded items.
+
+Summaries and plots average each rate point over its ok items. BD-rates are computed from the
+per-item rows instead, over the items ok at every rate point of both curves, so that a failed item
+leaves the compared image set rather than erasing a rate point.
 """
 
 from __future__ import annotations
@@ -152,17 +156,116 @@ def _bd_value(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.
     return value, low, high, note
 
 
-def _failed_points(points: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
-    bad = points["n_failed"] > 0
-    if not bad.any():
-        return points, None
-    labels = ", ".join(str(v) for v in points.loc[bad, "rate_label"])
-    n = int(points.loc[bad, "n_failed"].sum())
-    return points[~bad], f"method had {n} failed item(s); dropped rate point(s) {labels}"
+#: Excluded items named in a BD-rate note; any beyond these are only counted.
+NOTE_ITEMS = 5
+
+
+def _ok_items(rows: pd.DataFrame) -> tuple[set, set, list[str], pd.DataFrame]:
+    """Items of one method's rows: (every item seen, the items ok at every rate point that has an ok
+    item, the labels of rate points without any ok item, the ok rows). A missing row counts as a
+    failure."""
+    labels = list(dict.fromkeys(rows["rate_label"].tolist()))
+    ok_rows = rows[rows["status"].eq("ok").fillna(False).astype(bool)]
+    ok = ok_rows[["rate_label", "item"]].drop_duplicates()
+    live = set(ok["rate_label"])
+    per_item = ok.groupby("item", sort=False).size()
+    return (set(rows["item"]), set(per_item.index[per_item == len(live)]),
+            [label for label in labels if label not in live], ok_rows)
+
+
+def _excluded_note(excluded: list) -> str:
+    shown = ", ".join(str(item) for item in excluded[:NOTE_ITEMS])
+    more = ", ..." if len(excluded) > NOTE_ITEMS else ""
+    return f"{len(excluded)} item(s) excluded after failures: {shown}{more}"
+
+
+def _metric_cells(points: pd.DataFrame, anchor_points: pd.DataFrame | None, *, is_anchor: bool, anchor: str,
+                  metrics: Sequence[str], rate: str, interpolation: str) -> tuple[dict, list[str]]:
+    """The bd_rate_/overlap_ cells of one table row, and the per-metric notes."""
+    min_points = INTERPOLATIONS[interpolation]
+    cells: dict = {}
+    metric_notes: dict[str, list[str]] = {}  # note -> metrics it applies to, first-seen order
+    for metric in metrics:
+        value, low, high = math.nan, math.nan, math.nan
+        note = None
+        if anchor_points is not None:
+            test = _curve(points, metric, rate)
+            ref = _curve(anchor_points, metric, rate)
+            note = _curve_problem(*ref, min_points, f"anchor {anchor}")
+            if note is None and is_anchor:
+                value, low, high = 0.0, float(ref[1].min()), float(ref[1].max())
+            elif note is None:
+                note = _curve_problem(*test, min_points, "method")
+                if note is None:
+                    value, low, high, note = _bd_value(ref, test, interpolation)
+        cells[f"bd_rate_{metric}"] = value
+        cells[f"overlap_low_{metric}"] = low
+        cells[f"overlap_high_{metric}"] = high
+        if note:
+            metric_notes.setdefault(note, []).append(metric)
+    return cells, [f"{', '.join(names)}: {note}" for note, names in metric_notes.items()]
+
+
+def _rows_by_item(rows: pd.DataFrame, anchor: str):
+    """(dataset, method, method points, anchor points or None, n_items, excluded items, notes) per
+    table row, from per-item rows restricted to the items ok at every rate point of both curves."""
+    missing = [c for c in _NEEDED_ROW_COLUMNS + ["item"] if c not in rows.columns]
+    if missing:
+        raise InputError(f"metrics table: missing column(s) {', '.join(missing)}")
+    if "level" in rows.columns:
+        rows = rows[rows["level"].isin(RD_LEVELS) | rows["level"].isna()]
+    rows = rows[_NEEDED_ROW_COLUMNS + ["item"]]  # fewer columns to copy when subsetting large tables
+    for dataset, part in rows.groupby("dataset", sort=True):
+        by_method = {method: _ok_items(group) for method, group in part.groupby("method", sort=True)}
+        methods = list(by_method)
+        has_anchor = anchor in by_method
+        if has_anchor:
+            methods = [anchor] + [m for m in methods if m != anchor]
+            anchor_seen, anchor_ok, anchor_dead, anchor_rows = by_method[anchor]
+        for method in methods:
+            seen, common, dead, ok_rows = by_method[method]
+            notes = []
+            if dead:
+                notes.append(f"method: rate point(s) {', '.join(map(str, dead))} dropped, no item ok")
+            if not has_anchor:
+                notes.append(f"anchor {anchor} has no results for dataset {dataset}")
+            elif method != anchor:
+                seen, common = seen | anchor_seen, common & anchor_ok
+                ok_rows = pd.concat([ok_rows, anchor_rows])
+                if anchor_dead:
+                    notes.append(f"anchor {anchor}: rate point(s) {', '.join(map(str, anchor_dead))} dropped, "
+                                 "no item ok")
+            excluded = sorted(seen - common, key=str)
+            if excluded and not common:
+                notes.append("no item is ok at every rate point" + (" of both method and anchor" if has_anchor
+                                                                     and method != anchor else ""))
+            elif excluded:
+                notes.append(_excluded_note(excluded))
+            summary = summarize(ok_rows[ok_rows["item"].isin(common)])
+            anchor_points = summary[summary["method"] == anchor] if has_anchor else None
+            yield dataset, method, summary[summary["method"] == method], anchor_points, len(common), excluded, notes
+
+
+def _rows_by_point(summary: pd.DataFrame, anchor: str):
+    """The same tuples from a per-rate-point table (no item column): curves taken as they are."""
+    if "n_failed" in summary.columns and (summary["n_failed"].fillna(0) > 0).any():
+        bad = summary[summary["n_failed"].fillna(0) > 0].iloc[0]
+        raise InputError(
+            f"BD-rate: the per-rate-point table has failed items ({bad['method']} {bad['rate_label']}); "
+            "pass the per-item rows so the BD-rate can keep the items ok at every rate point"
+        )
+    for dataset, part in summary.groupby("dataset", sort=True):
+        methods = sorted(part["method"].unique().tolist())
+        anchor_points = part[part["method"] == anchor] if anchor in methods else None
+        if anchor_points is not None:
+            methods = [anchor] + [m for m in methods if m != anchor]
+        for method in methods:
+            notes = [] if anchor_points is not None else [f"anchor {anchor} has no results for dataset {dataset}"]
+            yield dataset, method, part[part["method"] == method], anchor_points, None, [], notes
 
 
 def bd_rate_table(
-    summary: pd.DataFrame,
+    table: pd.DataFrame,
     anchor: str,
     *,
     metrics: Sequence[str] = ("psnr_rgb", "psnr_of_mean_mse", "ms_ssim_db"),
@@ -171,76 +274,57 @@ def bd_rate_table(
 ) -> pd.DataFrame:
     """Bjøntegaard delta rate (%) of every method against ``anchor``, per dataset and metric.
 
-    Negative means fewer bits than the anchor at equal quality. Rate points with any failed item
-    are dropped before interpolation (a mean over the surviving items would be a different image
-    set); points whose metric is NaN or infinite are dropped for that metric only. Each value is
-    NaN with a reason in ``note`` when it cannot be computed. ``overlap_low_*``/``overlap_high_*``
-    give the quality interval the integral runs over. ``rate`` picks the rate column: ``bpp``
-    counts the whole file, ``payload_bpp`` only the codec's stream.
+    Negative means fewer bits than the anchor at equal quality. ``table`` is normally the per-item
+    rows of a metrics file: for each (dataset, method) the BD-rate is then computed over the items
+    that are ok at every rate point of both the method and the anchor (a common item set, so the two
+    curves describe the same images); a failed item is left out of both curves rather than erasing
+    a rate point. ``n_items`` counts the items used, ``n_excluded`` those left out (failed, or
+    missing, at some rate point), and ``note`` names the first :data:`NOTE_ITEMS` of them. A rate
+    point at which no item is ok is dropped and named in the note. A per-rate-point table (no
+    ``item`` column, e.g. hand-made curves) is used as it is and must hold no failed items.
+
+    Points whose metric is NaN or infinite are dropped for that metric only. Each value is NaN with
+    a reason in ``note`` when it cannot be computed. ``overlap_low_*``/``overlap_high_*`` give the
+    quality interval the integral runs over. ``rate`` picks the rate column: ``bpp`` counts the
+    whole file, ``payload_bpp`` only the codec's stream.
     """
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"BD interpolation {interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}")
     metrics = list(metrics)
-    unknown = [m for m in metrics + [rate] if m not in summary.columns]
+    by_item = "item" in table.columns
+    available = SUMMARY_COLUMNS if by_item else table.columns
+    unknown = [m for m in metrics + [rate] if m not in available]
     if unknown:
         raise ConfigError(f"BD-rate: summary has no column(s) {', '.join(unknown)}")
-    present = sorted(summary["method"].dropna().unique().tolist())
+    present = sorted(table["method"].dropna().unique().tolist())
     if anchor not in present:
         raise ConfigError(
             f"anchor {anchor!r}: no results for this method; methods present: {', '.join(present) or 'none'}"
         )
-    min_points = INTERPOLATIONS[interpolation]
 
-    rows = []
-    for dataset, part in summary.groupby("dataset", sort=True):
-        methods = sorted(part["method"].unique().tolist())
-        anchor_points, anchor_note = None, None
-        if anchor in methods:
-            anchor_points, anchor_note = _failed_points(part[part["method"] == anchor])
-            methods = [anchor] + [m for m in methods if m != anchor]
-        for method in methods:
-            row: dict = {"dataset": dataset, "method": method, "anchor": anchor, "interpolation": interpolation}
-            notes: list[str] = []
-            metric_notes: dict[str, list[str]] = {}  # note -> metrics it applies to, first-seen order
-            points, failed_note = _failed_points(part[part["method"] == method])
-            if failed_note:
-                notes.append(failed_note)
-            if anchor_points is None:
-                notes.append(f"anchor {anchor} has no results for dataset {dataset}")
-            elif method != anchor and anchor_note:
-                notes.append(f"anchor {anchor}: {anchor_note.removeprefix('method ')}")
-            row["n_points"] = int(len(points))
-            row["n_points_anchor"] = int(len(anchor_points)) if anchor_points is not None else 0
-            for metric in metrics:
-                value, low, high = math.nan, math.nan, math.nan
-                note = None
-                if anchor_points is not None:
-                    test = _curve(points, metric, rate)
-                    ref = _curve(anchor_points, metric, rate)
-                    note = _curve_problem(*ref, min_points, f"anchor {anchor}")
-                    if note is None and method == anchor:
-                        value, low, high = 0.0, float(ref[1].min()), float(ref[1].max())
-                    elif note is None:
-                        note = _curve_problem(*test, min_points, "method")
-                        if note is None:
-                            value, low, high, note = _bd_value(ref, test, interpolation)
-                row[f"bd_rate_{metric}"] = value
-                row[f"overlap_low_{metric}"] = low
-                row[f"overlap_high_{metric}"] = high
-                if note:
-                    metric_notes.setdefault(note, []).append(metric)
-            notes += [f"{', '.join(names)}: {note}" for note, names in metric_notes.items()]
-            row["note"] = "; ".join(notes)
-            rows.append(row)
+    out = []
+    groups = _rows_by_item(table, anchor) if by_item else _rows_by_point(table, anchor)
+    for dataset, method, points, anchor_points, n_items, excluded, notes in groups:
+        cells, metric_notes = _metric_cells(points, anchor_points, is_anchor=method == anchor, anchor=anchor,
+                                            metrics=metrics, rate=rate, interpolation=interpolation)
+        out.append({"dataset": dataset, "method": method, "anchor": anchor, "interpolation": interpolation,
+                    "n_points": int(len(points)),
+                    "n_points_anchor": int(len(anchor_points)) if anchor_points is not None else 0,
+                    "n_items": n_items, "n_excluded": len(excluded), **cells,
+                    "note": "; ".join(notes + metric_notes)})
 
     columns = (
         ["dataset", "method", "anchor", "interpolation"]
         + [f"bd_rate_{m}" for m in metrics]
-        + ["n_points", "n_points_anchor"]
+        + ["n_points", "n_points_anchor", "n_items", "n_excluded"]
         + [f"overlap_{side}_{m}" for m in metrics for side in ("low", "high")]
         + ["note"]
     )
-    return pd.DataFrame(rows, columns=columns)
+    result = pd.DataFrame(out, columns=columns)
+    # Integers, with a blank n_items for curves given without their items.
+    result["n_items"] = result["n_items"].astype("Int64")
+    result["n_excluded"] = result["n_excluded"].astype("int64")
+    return result
 
 
 def _save_figure(fig, out_paths: Sequence[str | os.PathLike]) -> None:
@@ -339,15 +423,17 @@ def _html_bd(value: float) -> str:
     return f"{value:+.2f}" if math.isfinite(value) else f"{value:g}"
 
 
-def write_table(df: pd.DataFrame, out_path: str | os.PathLike) -> None:
+def write_table(df: pd.DataFrame, out_path: str | os.PathLike, *, notice: str | None = None) -> None:
     """Write ``df`` as .csv (full precision, for further analysis) or .html (rounded, for reports).
 
-    The HTML is a small standalone page so Snakemake's ``--report`` can embed it as it is.
+    The HTML is a small standalone page so Snakemake's ``--report`` can embed it as it is. A
+    ``notice`` (e.g. that the results mix code versions) becomes a ``notice`` column of the CSV and
+    a highlighted line above the HTML table.
     """
     out_path = Path(out_path)
     suffix = out_path.suffix.lower()
     if suffix == ".csv":
-        text = df.to_csv(index=False)
+        text = (df.assign(notice=notice) if notice else df).to_csv(index=False)
     elif suffix in (".html", ".htm"):
         # BD-rates read as signed percentages; the other numbers keep four significant decimals.
         formatters = {c: _html_bd for c in df.columns if str(c).startswith("bd_rate_")}
@@ -360,7 +446,10 @@ def write_table(df: pd.DataFrame, out_path: str | os.PathLike) -> None:
             ".ulbc-table th, .ulbc-table td { padding: 3px 8px; border-bottom: 1px solid #ddd; }\n"
             ".ulbc-table td { text-align: right; }\n"
             ".ulbc-table tbody tr:nth-child(even) { background: #f6f6f6; }\n"
-            "</style></head><body>\n" + table + "\n</body></html>\n"
+            ".ulbc-notice { font-family: sans-serif; font-size: 13px; background: #fff3cd; padding: 6px; }\n"
+            "</style></head><body>\n"
+            + (f'<p class="ulbc-notice">{html.escape(notice)}</p>\n' if notice else "")
+            + table + "\n</body></html>\n"
         )
     else:
         raise ConfigError(f"{out_path}: table format must be .csv or .html")

@@ -34,9 +34,12 @@ from .imageio import decode_png_bytes, encode_png, load_rgb
 from .manifest import clip_hash, read_manifest, shard_rows
 from .metrics import compute_metrics
 from .pack import PackReader, bitstream_entry, decoded_entry, decoded_frame_entry, write_pack
-from .provenance import canonical_json, derive_seed, describe_device, git_commit, library_versions, resolve_device
+from .provenance import (canonical_json, code_digest, derive_seed, describe_device, git_commit, library_versions,
+                         resolve_device)
 from .schema import BITSTREAM_STAT_COLUMNS, METRIC_ROW_SCHEMA
 
+#: Encode-log metadata key holding the code digest the shard was encoded under.
+CODE_DIGEST_KEY = "code_digest"
 ENCODE_LOG_SCHEMA = pa.schema(
     [
         ("item", pa.string()),
@@ -94,6 +97,12 @@ def _write_table(rows: list[dict], schema: pa.Schema, dest: str | os.PathLike, m
         table = table.replace_schema_metadata({f"ulbc.{k}": str(v) for k, v in metadata.items()})
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp)
+
+
+def _encoding_code_digest(path: str | os.PathLike) -> str:
+    """The code digest an encode log was written under ('' for logs older than the digest)."""
+    meta = pq.read_schema(path).metadata or {}
+    return meta.get(f"ulbc.{CODE_DIGEST_KEY}".encode(), b"").decode()
 
 
 def _read_log(path: str | os.PathLike, schema: pa.Schema) -> dict[str, dict]:
@@ -160,7 +169,13 @@ def encode_shard(
     on_error: str = "fail",
     progress: bool = True,
 ) -> int:
-    """Encode the shard's items into one pack; returns how many items were encoded."""
+    """Encode the shard's items into one pack; returns how many items were encoded.
+
+    ``on_error="fail"`` stops at the first item (or batch) that fails, with its one-line error;
+    ``"record"`` logs the item as ``encode_error`` and goes on. A batch of same-size items that fails
+    under ``"record"`` is retried (:func:`encode_isolating_failures`), so only its failing items get
+    error rows; each retry and failure is one line on stderr.
+    """
     manifest, root, dataset = read_manifest(manifest_path)
     rows = list(shard_rows(manifest, shard, items_per_job).itertuples(index=False))
     codec = spec.build()
@@ -179,39 +194,114 @@ def encode_shard(
         log[row.item] = dict(item=row.item, status="encode_error", error=message, encode_s=math.nan,
                              seed=seed_, device=dev_name, codec_version=version, encode_info="")
 
+    def encode_group(group: list[_Pending]) -> list[tuple[_Pending, Any, float]]:
+        start = time.perf_counter()
+        results = codec.encode_batch([p.image for p in group], spec.rate, device=dev, seeds=[p.seed for p in group],
+                                     names=[p.name for p in group])
+        elapsed = (time.perf_counter() - start) / len(group)
+        return [(p, result, elapsed) for p, result in zip(group, results)]
+
+    def say(line: str) -> None:
+        tqdm.write(f"ulbc: encode {spec.method} {label}: {line}", file=sys.stderr)
+
     bar = _progress(None, len(rows), f"encode {spec.method} {label}", progress)
     for batch in encode_batches(rows, codec.batch_size(dev)):
-        seeds = [derive_seed(seed, dataset, row.item, spec.method, label) for row in batch]
-        images, names, ok = [], [], []
-        for row, item_seed in zip(batch, seeds):
+        pending: list[_Pending] = []
+        for row in batch:
+            item_seed = derive_seed(seed, dataset, row.item, spec.method, label)
             try:
                 path, image = load(root, row)
             except Exception as exc:  # noqa: BLE001 - recorded or re-raised as one line
                 record_error(row, exc, item_seed)
                 continue
-            images.append(image)
-            names.append(str(path))
-            ok.append((row, item_seed))
-        if images:
+            pending.append(_Pending(row, item_seed, image, str(path)))
+        if pending:
             try:
-                start = time.perf_counter()
-                results = codec.encode_batch(images, spec.rate, device=dev, seeds=[s for _, s in ok], names=names)
-                elapsed = (time.perf_counter() - start) / len(images)
+                encoded = encode_group(pending)
             except Exception as exc:  # noqa: BLE001
-                for row, item_seed in ok:
-                    record_error(row, exc, item_seed)
-                results = []
-            for (row, item_seed), result in zip(ok, results):
-                entries[row.item] = result.data
-                log[row.item] = dict(item=row.item, status="ok", error="", encode_s=elapsed, seed=item_seed,
-                                     device=dev_name, codec_version=version,
-                                     encode_info=canonical_json(result.info) if result.info else "")
+                if on_error == "fail" or len(pending) == 1:
+                    for p in pending:
+                        record_error(p.row, exc, p.seed)
+                    encoded = []
+                else:
+                    encoded, failed = encode_isolating_failures(pending, exc, encode_group, say)
+                    for p, item_exc in failed:
+                        record_error(p.row, item_exc, p.seed)
+            for p, result, elapsed in encoded:
+                entries[p.row.item] = result.data
+                log[p.row.item] = dict(item=p.row.item, status="ok", error="", encode_s=elapsed, seed=p.seed,
+                                       device=dev_name, codec_version=version,
+                                       encode_info=canonical_json(result.info) if result.info else "")
         bar.update(len(batch))
     bar.close()
     # Pack and log follow the manifest order, whatever order the batches ran in.
     write_pack(out_pack, [(bitstream_entry(r.item), entries[r.item]) for r in rows if r.item in entries])
-    _write_table([log[r.item] for r in rows], ENCODE_LOG_SCHEMA, out_log)
+    _write_table([log[r.item] for r in rows], ENCODE_LOG_SCHEMA, out_log,
+                 metadata={CODE_DIGEST_KEY: code_digest(spec.codec)})
     return len(entries)
+
+
+@dataclass(frozen=True, eq=False)
+class _Pending:
+    """An item loaded and ready to encode (compared by identity)."""
+
+    row: Any
+    seed: int
+    image: np.ndarray
+    name: str
+
+
+def encode_isolating_failures(group: list, error: BaseException, encode, say) -> tuple[list, list]:
+    """Retry the items of a batch that failed as a whole, so that only the failing items fail.
+
+    ``encode(items)`` encodes items as one batch and returns ``(item, result, seconds)`` triples or
+    raises. The batch is bisected until each failing item stands alone (its error then names it
+    alone); one failure in a batch of 8 costs 6 smaller batches and one re-encode. The other items
+    are then encoded again together, in the batch's composition minus the failing items: what they
+    would have got had those items failed to load. Why not keep the parts' results: an overfitted
+    model depends only on its image and seed (own generator, gradient clip, NaN recovery and step
+    search; seeds are per item), but floating-point kernels may round differently for another batch
+    size (bmm and grouped convolutions, notably on a GPU; on the CPU, coolchic and lottery gave
+    identical bytes for an image alone and in batches of 2 and 3). The parts' results are used only
+    when that re-encode fails too, or when no item fails alone (the batch as a whole failed, e.g.
+    out of memory). The retries depend only on which encodes fail, so a rerun gives the same bytes.
+
+    Returns (encoded triples in ``group`` order, ``(item, exception)`` for each failing item).
+    """
+    say(f"a batch of {len(group)} failed ({_one_line(error, 'encoder')}); retrying its items: "
+        + ", ".join(p.row.item for p in group))
+    parts: list[list] = []  # (item, result, seconds) of each part that encoded
+    failed: list[tuple] = []
+
+    def probe(part: list) -> None:
+        try:
+            parts.append(encode(part))
+        except Exception as exc:  # noqa: BLE001 - bisected, or recorded by the caller
+            if len(part) == 1:
+                failed.append((part[0], exc))
+                say(f"{part[0].row.item} failed: {_one_line(exc, 'encoder')}")
+            else:
+                probe(part[: len(part) // 2])
+                probe(part[len(part) // 2 :])
+
+    probe(group[: len(group) // 2])
+    probe(group[len(group) // 2 :])
+    failing = {p for p, _ in failed}
+    survivors = [p for p in group if p not in failing]
+    # A part that holds exactly the survivors already encoded them in that composition.
+    done = next((part for part in parts if [t[0] for t in part] == survivors), None)
+    if done is None and failed and survivors:
+        try:
+            done = encode(survivors)
+        except Exception as exc:  # noqa: BLE001 - the parts' results stand in
+            say(f"the {len(survivors)} other items failed again together ({_one_line(exc, 'encoder')}); "
+                "keeping their results from the smaller batches")
+    if done is None:
+        if not failed:
+            say("no item fails in a smaller batch; keeping the smaller batches' results")
+        by_item = {t[0]: t for part in parts for t in part}
+        done = [by_item[p] for p in survivors]
+    return done, failed  # bisection visits the items in order, so failures are in group order
 
 
 def encode_batches(rows: list, batch_size: int) -> list[list]:
@@ -323,6 +413,11 @@ def metrics_shard(
     label = codec.rate_label(spec.rate)
     enc = _read_log(encode_log, ENCODE_LOG_SCHEMA)
     dec = _read_log(decode_log, DECODE_LOG_SCHEMA)
+    digest = code_digest(spec.codec)
+    encoded_by = _encoding_code_digest(encode_log)
+    if encoded_by != digest:
+        raise InputError(f"{encode_log}: the shard was encoded by other code (digest {encoded_by or 'none'}, "
+                         f"current {digest}); encode it again")
     common = dict(
         dataset=dataset,
         method=spec.method,
@@ -331,6 +426,7 @@ def metrics_shard(
         rate_param=codec.rate_param,
         rate_value=float(spec.rate),
         codec_options=canonical_json(codec.options),
+        code_digest=digest,
         ulbc_version=__version__,
         git_commit=git_commit(),
         config_hash=config_hash,

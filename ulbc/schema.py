@@ -40,6 +40,7 @@ METRIC_ROW_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("seed", pa.int64()),
         pa.field("codec_version", pa.string()),
+        pa.field("code_digest", pa.string()),  # provenance.code_digest: the code that made the row
         pa.field("ulbc_version", pa.string()),
         pa.field("git_commit", pa.string()),
         pa.field("config_hash", pa.string()),

@@ -18,6 +18,15 @@ default, also used by the video codecs' own 4:2:0 conversion); ``accurate_rnd`` 
 make the result independent of the CPU. Resizing (``size=``) uses the same bicubic filter.
 
 Headerless raw YUV files (.yuv, .i420, ...) need their layout, given as a :class:`RawVideoSpec`.
+
+Damaged sources are refused, never concealed: ffmpeg hides decoding errors (it fills broken
+macroblocks or slices from their neighbours and exits 0), so frames are decoded with
+``-err_detect explode -xerror`` on one decoder thread (the result must not depend on thread timing)
+and at ``-loglevel error``, where every line ffmpeg prints is data it could not decode (warnings are
+not shown). The first such line stops the decoder and fails the read with a one-line
+:class:`InputError` naming the file: a bit flip inside an H.264 slice, a slice-CRC mismatch in
+FFV1, a Matroska file that ends mid-cluster. Damage that decodes without complaint (a flipped
+residual bit) cannot be seen and is not.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import contextlib
 import json
 import numbers
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -104,13 +114,20 @@ def _tool(name: str, missing: str) -> str:
     return exe
 
 
-def _stderr_line(stderr: bytes, path: Path | None = None) -> str:
-    """The most telling line of ffmpeg's stderr: the last one that is not a generic trailer (without
-    the file name, which the caller's message starts with)."""
-    text = stderr.decode("utf-8", "replace")
+# "[h264 @ 0x55d0d5fa7e00] error ..." -> "h264: error ...": the address says nothing to a reader.
+_CONTEXT_PREFIX = re.compile(r"^\[([^\]@]+?) @ 0x[0-9a-fA-F]+\]\s*")
+
+
+def _ffmpeg_lines(text: str, path: Path | None = None) -> list[str]:
+    """ffmpeg's non-empty stderr lines, without the file name (the caller's message starts with it)."""
     if path is not None:
         text = text.replace(f"{_ffmpeg_path_arg(path)}: ", "")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return [_CONTEXT_PREFIX.sub(r"\1: ", line.strip()) for line in text.splitlines() if line.strip()]
+
+
+def _stderr_line(stderr: bytes, path: Path | None = None) -> str:
+    """The most telling line of ffmpeg's stderr: the last one that is not a generic trailer."""
+    lines = _ffmpeg_lines(stderr.decode("utf-8", "replace"), path)
     if not lines:
         return "no message"
     telling = [line for line in lines if not line.startswith(_GENERIC_TAIL)]
@@ -340,7 +357,7 @@ def _decode_command(exe: str, path: Path, info: VideoInfo, raw: RawVideoSpec | N
         stream = ffmpeg.input(_ffmpeg_path_arg(path), format="rawvideo", pix_fmt=raw.pix_fmt,
                               s=f"{raw.width}x{raw.height}", framerate=str(raw.fps))
     else:
-        stream = ffmpeg.input(_ffmpeg_path_arg(path), noautorotate=None)
+        stream = ffmpeg.input(_ffmpeg_path_arg(path), noautorotate=None, err_detect="explode", threads=1)
     video = stream["v:0"]
     # trim and framestep count decoded frames, so the selection does not depend on timestamps.
     if first:
@@ -358,7 +375,9 @@ def _decode_command(exe: str, path: Path, info: VideoInfo, raw: RawVideoSpec | N
     out = {"format": "rawvideo", "fps_mode": "passthrough"}
     if count is not None:
         out["frames:v"] = count
-    return ffmpeg.compile(video.output("pipe:", **out), cmd=[exe, "-hide_banner", "-nostats", "-loglevel", "error"])
+    # -xerror: a decoding error (or a frame the decoder marks corrupt) ends ffmpeg with an error status.
+    return ffmpeg.compile(video.output("pipe:", **out),
+                          cmd=[exe, "-hide_banner", "-nostats", "-loglevel", "error", "-xerror"])
 
 
 class _Watchdog:
@@ -386,6 +405,42 @@ class _Watchdog:
         self._thread.join()
 
 
+class _ErrorLog:
+    """Reads ffmpeg's stderr in a thread. At ``-loglevel error`` each line is an error, so the first
+    one kills ffmpeg: what it would decode after it is concealment, not the source."""
+
+    _KEEP_LINES, _MAX_LINE = 20, 4096
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.more = 0  # lines beyond the ones kept
+        self._proc = proc
+        self._thread = threading.Thread(target=self._read, name="ffmpeg-stderr", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while chunk := self._proc.stderr.readline(self._MAX_LINE):
+            line = chunk.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            if len(self.lines) < self._KEEP_LINES:
+                self.lines.append(line)
+            else:
+                self.more += 1
+            if self._proc.poll() is None:
+                self._proc.kill()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def failure(self, path: Path) -> InputError:
+        lines = _ffmpeg_lines("\n".join(self.lines), path)
+        telling = [line for line in lines if not line.startswith(_GENERIC_TAIL)] or lines
+        extra = len(lines) - 1 + self.more
+        return InputError(f"{path}: damaged or incomplete video, ffmpeg reports: {telling[0][:300]}"
+                          + (f" (and {extra} more error line{'s' * (extra > 1)})" if extra else ""))
+
+
 def _read_into(stream, buf: bytearray) -> int:
     """Fill ``buf`` from ``stream``; return the bytes read (fewer only at end of stream)."""
     view, got = memoryview(buf), 0
@@ -402,9 +457,10 @@ def iter_frames(path: str | os.PathLike, *, first: int = 0, count: int | None = 
     """Yield frames ``first, first + step, ...`` (``count`` of them, or up to the end) of ``path`` as
     (H, W, 3) uint8 RGB arrays, one at a time, resized to ``size=(width, height)`` if given.
 
-    Raises :class:`InputError` (one line, naming the file) for an unreadable file, a video without
-    frames, or one too short for the selection; checked before decoding when the container states
-    its frame count, otherwise once the decoder runs dry.
+    Raises :class:`InputError` (one line, naming the file) for an unreadable or damaged file (any
+    error ffmpeg reports while decoding, see the module doc), a video without frames, or one too
+    short for the selection; checked before decoding when the container states its frame count,
+    otherwise once the decoder runs dry. Frames already yielded before an error are not to be used.
     """
     path = Path(path)
     _check_selection(path, first, count, step, size)
@@ -416,35 +472,38 @@ def iter_frames(path: str | os.PathLike, *, first: int = 0, count: int | None = 
     args = _decode_command(_tool("ffmpeg", _FFMPEG_MISSING), path, info, raw, first, count, step, width, height)
     frame_bytes = width * height * 3
     produced = 0
-    with tempfile.TemporaryFile() as stderr:
-        try:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
-        except FileNotFoundError:
-            raise ToolMissingError(_FFMPEG_MISSING) from None
-        watchdog = _Watchdog(proc, TIMEOUT_S)
-        try:
-            while count is None or produced < count:
-                buf = bytearray(frame_bytes)
-                got = _read_into(proc.stdout, buf)
-                if got < frame_bytes:
-                    break  # end of stream (a partial frame means ffmpeg failed; its status says why)
-                watchdog.progress()
-                produced += 1
-                yield np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3)
-            proc.stdout.close()
-            returncode = proc.wait()
-        finally:
-            watchdog.stop()
-            if proc.poll() is None:  # the caller stopped early, or an error: do not leave ffmpeg behind
-                proc.kill()
-                proc.wait()
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise ToolMissingError(_FFMPEG_MISSING) from None
+    errors = _ErrorLog(proc)
+    watchdog = _Watchdog(proc, TIMEOUT_S)
+    try:
+        while count is None or produced < count:
+            buf = bytearray(frame_bytes)
+            got = _read_into(proc.stdout, buf)
+            if got < frame_bytes:
+                break  # end of stream (a partial frame means ffmpeg failed; its status says why)
+            watchdog.progress()
+            produced += 1
+            yield np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3)
+        proc.stdout.close()
+        returncode = proc.wait()
+    finally:
+        watchdog.stop()
+        if proc.poll() is None:  # the caller stopped early, or an error: do not leave ffmpeg behind
+            proc.kill()
+            proc.wait()
+        errors.join()
+        for pipe in (proc.stdout, proc.stderr):
             with contextlib.suppress(OSError):
-                proc.stdout.close()
-        if watchdog.fired:
-            raise InputError(f"{path}: ffmpeg produced no frame for {TIMEOUT_S} s; decoding abandoned")
-        if returncode != 0:
-            stderr.seek(0)
-            raise InputError(f"{path}: ffmpeg failed decoding the video: {_stderr_line(stderr.read(), path)}")
+                pipe.close()
+    if watchdog.fired:
+        raise InputError(f"{path}: ffmpeg produced no frame for {TIMEOUT_S} s; decoding abandoned")
+    if errors.lines:
+        raise errors.failure(path)
+    if returncode != 0:
+        raise InputError(f"{path}: ffmpeg failed decoding the video (exit status {returncode}, no message)")
     if produced == 0 or (count is not None and produced < count):
         total = info.n_frames if raw is not None else _probe(path, raw, count_frames=True).n_frames
         raise _shortage(path, max(total, produced), first, count, step)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .. import bitstream
+from .. import bitstream, limits
 from ..errors import BitstreamError, ConfigError, EncodeError, InputError, UlbcError
 
 
@@ -18,6 +18,133 @@ def format_rate(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:g}"
+
+
+#: Kinds of option value an :class:`Option` can declare.
+OPTION_KINDS = ("int", "float", "bool", "str", "choice", "ints", "floats")
+_LIST_KINDS = {"ints": "int", "floats": "float"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bound_text(low: float | None, high: float | None, low_open: bool) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{format_rate(low)}, {format_rate(high)}]"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {format_rate(low)}"
+    if high is not None:
+        return f" <= {format_rate(high)}"
+    return ""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One encoder option: its default, the values it accepts and what it does.
+
+    ``kind`` is one of :data:`OPTION_KINDS`: ``int`` (bool is not an int), ``float`` (any finite
+    number), ``bool``, ``str``, ``choice`` (one of ``choices``, same type: 1.0 is not the choice 1),
+    or ``ints`` / ``floats`` (a list whose entries each meet ``low``/``high`` and whose length is in
+    ``length``). ``keywords`` are words accepted besides the kind, such as ``"auto"``.
+    """
+
+    default: Any
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    #: ``low`` itself is refused (an open interval at the bottom, such as a learning rate > 0).
+    low_open: bool = False
+    choices: tuple = ()
+    keywords: tuple[str, ...] = ()
+    #: Lists only: (fewest, most) entries.
+    length: tuple[int, int] | None = None
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPTION_KINDS:
+            raise ValueError(f"option kind {self.kind!r} is not one of {OPTION_KINDS}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError("an option has choices exactly when its kind is 'choice'")
+
+    def _scalar_ok(self, value: Any, kind: str) -> bool:
+        if kind == "int":
+            ok = _is_int(value)
+        elif kind == "float":
+            ok = _is_number(value)
+        elif kind == "bool":
+            return isinstance(value, bool)
+        elif kind == "str":
+            return isinstance(value, str)
+        else:  # choice
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if not ok:
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def normalise(self, value: Any) -> Any:
+        """YAML 1.1 reads ``1e-3`` (no dot) as text: numeric text becomes a number for float kinds."""
+        if self.kind == "float" and isinstance(value, str) and value not in self.keywords:
+            return _numeric_text(value)
+        if self.kind == "floats" and isinstance(value, (list, tuple)):
+            return [_numeric_text(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, str) and value in self.keywords:
+            return True
+        if self.kind in _LIST_KINDS:
+            if not isinstance(value, (list, tuple)):
+                return False
+            fewest, most = self.length or (0, None)
+            if len(value) < fewest or (most is not None and len(value) > most):
+                return False
+            return all(self._scalar_ok(v, _LIST_KINDS[self.kind]) for v in value)
+        return self._scalar_ok(value, self.kind)
+
+    def requirement(self) -> str:
+        """What the option accepts, as the end of "must be ...": 'an integer in [0, 6]'."""
+        bounds = _bound_text(self.low, self.high, self.low_open)
+        if self.kind == "int":
+            text = f"an integer{bounds}"
+        elif self.kind == "float":
+            text = f"a number{bounds}"
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "str":
+            text = "a string"
+        elif self.kind == "choice":
+            text = f"one of {', '.join(str(c) for c in self.choices)}"
+        else:
+            fewest, most = self.length or (0, None)
+            if most is None:
+                count = f"{fewest} or more" if fewest else "any number of"
+            else:
+                count = str(fewest) if fewest == most else f"{fewest} to {most}"
+            text = f"a list of {count} {'integers' if self.kind == 'ints' else 'numbers'}{bounds}"
+        if self.keywords:
+            text += f" or {' or '.join(repr(k) for k in self.keywords)}"
+        return text
+
+
+def _numeric_text(text: str) -> Any:
+    """``float(text)`` when the text is a plain finite number ('1e-3'), else the text unchanged."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -68,16 +195,37 @@ class Codec(ABC):
     #: method's own ``resources`` still override them.
     job_mem_mb: ClassVar[int] = 0
     job_runtime: ClassVar[int] = 0
-    #: Encoder options and their defaults; a config may override them per method.
+    #: Decoder working memory per decoded pixel beyond its uint8 output, for the size check made
+    #: before decoding (:mod:`ulbc.limits`): library buffers and copies for the classical codecs.
+    decode_bytes_per_pixel: ClassVar[float] = 16
+    #: Whether the rate knob takes whole numbers only (a quality or QP); 12.0 is whole, 12.5 is not.
+    integer_rates: ClassVar[bool] = False
+    #: The encoder options, each declared once: default, accepted values, help. A config may
+    #: override them per method; every given value is checked against its declaration.
+    option_specs: ClassVar[dict[str, Option]] = {}
+    #: The defaults of :attr:`option_specs` (derived from it, never declared on its own).
     option_defaults: ClassVar[dict[str, Any]] = {}
     description: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "option_defaults" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: declare options in option_specs; option_defaults is derived from it")
+        cls.option_defaults = {key: spec.default for key, spec in cls.option_specs.items()}
+
     def __init__(self, **options: Any) -> None:
-        unknown = set(options) - set(self.option_defaults)
+        unknown = set(options) - set(self.option_specs)
         if unknown:
             raise ConfigError(
-                f"codec {self.name!r}: unknown option(s) {sorted(unknown)}; known: {sorted(self.option_defaults)}"
+                f"codec {self.name!r}: unknown option(s) {sorted(unknown)}; known: {sorted(self.option_specs)}"
             )
+        options = {key: self.option_specs[key].normalise(value) for key, value in options.items()}
+        for key, value in options.items():
+            spec = self.option_specs[key]
+            if not spec.accepts(value):
+                raise ConfigError(
+                    f"codec {self.name!r}: option {key} must be {spec.requirement()}, got {_short_repr(value)}"
+                )
         self.options = {**self.option_defaults, **options}
 
     # -- description -------------------------------------------------------------------------------
@@ -95,8 +243,11 @@ class Codec(ABC):
 
     def check_rate(self, rate: float) -> float:
         lo, hi = self.rate_range
-        if not isinstance(rate, (int, float)) or math.isnan(rate) or not lo <= rate <= hi:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or not lo <= rate <= hi:
             raise ConfigError(f"codec {self.name!r}: {self.rate_param}={rate!r} outside [{lo}, {hi}]")
+        if self.integer_rates and not float(rate).is_integer():
+            # The encoder takes whole numbers: 12.2 and 12.7 would be two rate points of one stream.
+            raise ConfigError(f"codec {self.name!r}: {self.rate_param} must be a whole number, got {rate!r}")
         return rate
 
     # -- coding --------------------------------------------------------------------------------------
@@ -164,10 +315,11 @@ def decode_container(container: bitstream.Container, codec: Codec, *, device: st
     if isinstance(codec, VideoCodec):
         return codec.decode_clip_container(container, device=device, name=name)
     try:
+        limits.check_claim(container.width, container.height, working_bytes_per_pixel=codec.decode_bytes_per_pixel)
         image = codec.decode_payload(container.params, container.payload, container.width, container.height, device=device)
     except BitstreamError as exc:
         raise BitstreamError(f"{name}: {exc}") from None
-    except (ValueError, OSError, RuntimeError, EOFError, IndexError, KeyError) as exc:
+    except (ValueError, OSError, RuntimeError, EOFError, IndexError, KeyError, OverflowError, MemoryError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BitstreamError(f"{name}: {codec.name} decoder failed ({first})") from None
     expected = (container.height, container.width, 3)
@@ -261,11 +413,13 @@ class VideoCodec(Codec):
         if n_frames < 1:
             raise BitstreamError(f"{name}: the bitstream declares {n_frames} frames")
         try:
+            limits.check_claim(container.width, container.height, n_frames,
+                               working_bytes_per_pixel=self.decode_bytes_per_pixel, video=True)
             frames = self.decode_clip_payload(container.params[pos:], container.payload, container.width,
                                               container.height, n_frames, device=device)
         except BitstreamError as exc:
             raise BitstreamError(f"{name}: {exc}") from None
-        except (ValueError, OSError, RuntimeError, EOFError, IndexError, KeyError) as exc:
+        except (ValueError, OSError, RuntimeError, EOFError, IndexError, KeyError, OverflowError, MemoryError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise BitstreamError(f"{name}: {self.name} decoder failed ({first})") from None
         expected = (n_frames, container.height, container.width, 3)

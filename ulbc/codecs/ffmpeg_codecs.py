@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import ffmpeg
 import numpy as np
 
-from ..errors import BitstreamError, ConfigError, EncodeError, ToolMissingError
+from ..errors import BitstreamError, EncodeError, ToolMissingError
 from . import register_codec
-from .base import Codec
+from .base import Codec, Option
 
 #: Seconds one ffmpeg run may take; a decoder stuck on a hostile stream becomes an error, not a hang.
 TIMEOUT_S = 300
@@ -131,14 +131,6 @@ def _global_args(exe: str, loglevel: str = "error") -> list[str]:
     return [exe, "-hide_banner", "-nostats", "-loglevel", loglevel, "-sws_flags", _SWS_FLAGS]
 
 
-def integer_option(codec: Codec, key: str, low: int, high: int, note: str = "") -> int:
-    """An encoder option that must be an integer in [low, high] (bool refused), or a ConfigError."""
-    value = codec.options[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"codec {codec.name!r}: {key} must be an integer {low}-{high}{note}, got {value!r}")
-    return value
-
-
 class FfmpegTool:
     """Finding ffmpeg and what it can do, for every codec that runs it: the subclass names its
     ``encoder``, the ``decoders`` it accepts (first found wins) and its raw ``stream_format``."""
@@ -197,6 +189,7 @@ class _FfmpegIntraCodec(FfmpegTool, Codec):
     min_coded: ClassVar[tuple[int, int]] = (1, 1)
     #: Finds the encoder library's version in the verbose log of an encode.
     version_pattern: ClassVar[str]
+    integer_rates = True  # QP and crf are integers
 
     @abstractmethod
     def encoder_options(self, rate: float, *, verbose: bool = False) -> dict[str, Any]:
@@ -208,12 +201,6 @@ class _FfmpegIntraCodec(FfmpegTool, Codec):
         if exe is None:
             return "ffmpeg missing"
         return f"{_ffmpeg_release(exe)} / {_library_version(exe, type(self))}"
-
-    def check_rate(self, rate: float) -> float:
-        rate = super().check_rate(rate)
-        if float(rate) != int(rate):
-            raise ConfigError(f"codec {self.name!r}: {self.rate_param} must be a whole number, got {rate!r}")
-        return rate
 
     # -- coding --------------------------------------------------------------------------------------
     def _encode_command(self, exe: str, width: int, height: int, rate: float, *, verbose: bool = False) -> list[str]:
@@ -280,11 +267,7 @@ def _library_version(exe: str, cls: type[_FfmpegIntraCodec]) -> str:
 # The preset names libx264 and libx265 share.
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 
-
-def check_x26x_preset(codec: Codec) -> None:
-    """Refuse a preset that libx264/libx265 do not know, naming the codec."""
-    if codec.options["preset"] not in X26X_PRESETS:
-        raise ConfigError(f"codec {codec.name!r}: preset {codec.options['preset']!r} is not one of {', '.join(X26X_PRESETS)}")
+X26X_PRESET_OPTION = Option("medium", "choice", choices=X26X_PRESETS, help="encoder preset (speed against efficiency)")
 
 
 @register_codec
@@ -297,7 +280,7 @@ class HevcIntraCodec(_FfmpegIntraCodec):
     rate_param = "qp"
     default_rates = (47, 42, 37, 32, 27, 22)
     rate_range = (0, 51)
-    option_defaults = {"preset": "medium"}
+    option_specs = {"preset": X26X_PRESET_OPTION}
     encoder = "libx265"
     decoders = ("hevc",)
     stream_format = "hevc"
@@ -305,10 +288,6 @@ class HevcIntraCodec(_FfmpegIntraCodec):
     # 32 px, which the slowest presets' transform depth rejects; 32 px works with every preset.
     min_coded = (32, 32)
     version_pattern = r"HEVC encoder version (\S+)"
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        check_x26x_preset(self)
 
     def encoder_options(self, rate, *, verbose=False):
         # info=0 drops x265's "info" SEI (~3 KB of settings text) that would be counted as payload.
@@ -328,16 +307,12 @@ class Av1IntraCodec(_FfmpegIntraCodec):
     rate_range = (0, 63)
     # cpu_used 4: the same libaom speed as the avif codec's default, so the two differ in
     # container and chroma sampling rather than encoder effort; 1-2 s per Kodak image on one
-    # thread (cpu_used 6 is ~4x faster and ~0.4 dB worse).
-    option_defaults = {"cpu_used": 4}
+    # thread (cpu_used 6 is ~4x faster and ~0.4 dB worse). ffmpeg 5.1 passes on 0-8.
+    option_specs = {"cpu_used": Option(4, "int", low=0, high=8, help="libaom speed (0 slowest and best)")}
     encoder = "libaom-av1"
     decoders = ("libdav1d", "libaom-av1")
     stream_format = "obu"
     version_pattern = r"\[libaom-av1[^\]]*\] v(\d\S*)"
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        integer_option(self, "cpu_used", 0, 8)
 
     def encoder_options(self, rate, *, verbose=False):
         return {

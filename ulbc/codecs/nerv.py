@@ -25,6 +25,7 @@ bpp at 8 bits before entropy coding; the decoder then costs about 12 k MAC per p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from abc import abstractmethod
@@ -33,29 +34,39 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError, EncodeError
-from .base import PayloadResult, VideoCodec, torch_and_constriction_missing
+from .base import Option, PayloadResult, VideoCodec, torch_and_constriction_missing
 from . import register_codec
 
-_COMMON_OPTIONS: dict[str, Any] = {
-    "iterations": 3000,  # Adam steps of the main training
-    "batch_frames": 2,  # frames per step
-    "lr": 5e-3,  # nerv overrides it (2e-2 measured best for the dense network)
-    "warmup": 0.1,  # fraction of the iterations with a rising learning rate
-    "eval_every": 50,  # full-clip evaluations for the best checkpoint
-    "finetune_iterations": 200,  # after pruning (nerv) / after freezing the masks (supermask-nerv)
-    "quant_bits": 8,  # per-tensor symmetric quantisation of the weights (nerv) / biases (both)
-    "pe_levels": 80,
-    "pe_base": 1.25,
-    "stem_dim": "auto",  # hidden width of the stem MLP: an integer, or auto = 2 * width
-    "base_size": 3,  # the base feature map's shorter side is at least this (picks the strides)
-    # Channels shrink by this factor per stage (NeRV: 2) but not below min_width. At CPU sizes a
-    # constant width measured +1.4 dB (nerv) / +1.6 dB (supermask-nerv) at equal bpp over 1.5.
-    "reduction": 1.0,
-    "min_width": 4,
-    "head_kernel": 3,
-    "threads": 1,  # torch CPU threads per encode job (one per job scales best)
-    "verify": True,  # check the file's tensors render exactly the frames the encoder rendered
-    "progress": True,
+#: Values of :data:`ulbc.nerv.model.WEIGHT_INITS`, :data:`ulbc.nerv.arch.HEAD_KERNELS` and
+#: :data:`ulbc.nerv.stream.MAX_LEVELS`, written out so the registry loads without torch (a test keeps
+#: them equal).
+WEIGHT_INIT_NAMES = ("signed", "uniform")
+HEAD_KERNEL_SIZES = (1, 3)
+MAX_DENSITY_LEVELS = 8
+
+_COMMON_OPTIONS: dict[str, Option] = {
+    "iterations": Option(3000, "int", low=1, help="Adam steps of the main training"),
+    "batch_frames": Option(2, "int", low=1, help="frames per step"),
+    "lr": Option(5e-3, "float", low=0, high=10, low_open=True, help="learning rate"),
+    "warmup": Option(0.1, "float", low=0, high=1, help="fraction of the iterations with a rising learning rate"),
+    "eval_every": Option(50, "int", low=1, help="steps between full-clip evaluations for the best checkpoint"),
+    "finetune_iterations": Option(200, "int", low=0,
+                                  help="after pruning (nerv) / after freezing the masks (supermask-nerv)"),
+    "quant_bits": Option(8, "int", low=2, high=16,
+                         help="per-tensor symmetric quantisation of the weights (nerv) / biases (both)"),
+    "pe_levels": Option(80, "int", low=1, high=256, help="frequencies of the frame-index positional encoding"),
+    "pe_base": Option(1.25, "float", low=1, high=16, low_open=True, help="ratio between successive frequencies"),
+    "stem_dim": Option("auto", "int", low=1, high=1 << 14, keywords=("auto",),
+                       help="hidden width of the stem MLP (auto: 2 * width)"),
+    "base_size": Option(3, "int", low=1, help="the base feature map's shorter side is at least this (picks the strides)"),
+    # NeRV uses 2; at CPU sizes a constant width measured +1.4 dB (nerv) / +1.6 dB (supermask-nerv)
+    # at equal bpp over 1.5.
+    "reduction": Option(1.0, "float", low=1, high=16, help="channels shrink by this factor per stage"),
+    "min_width": Option(4, "int", low=1, help="channels never shrink below this"),
+    "head_kernel": Option(3, "choice", choices=HEAD_KERNEL_SIZES, help="kernel of the output convolution"),
+    "threads": Option(1, "int", low=0, help="torch CPU threads per encode job (one per job scales best; 0: torch's default)"),
+    "verify": Option(True, "bool", help="check the file's tensors render exactly the frames the encoder rendered"),
+    "progress": Option(True, "bool", help="show a progress bar"),
 }
 
 
@@ -63,46 +74,13 @@ class _NeRVCodec(VideoCodec):
     kind: ClassVar[str]
     rate_param = "width"
     rate_range = (1, 1024)
+    integer_rates = True  # a whole number of channels
     uses_gpu = True
     min_size = (1, 1)  # tiny frames get a stage-free network (stem straight to the frame)
     # Paper-sized clips (hundreds of 1080p frames) train for hours on a GPU and hold several GB.
     job_mem_mb = 8000
     job_runtime = 24 * 60
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        o = self.options
-        for key in ("iterations", "batch_frames", "eval_every", "base_size", "min_width"):
-            self._check_int(key, 1)
-        for key in ("finetune_iterations", "threads"):
-            self._check_int(key, 0)
-        self._check_int("quant_bits", 2, 16)
-        self._check_int("pe_levels", 1, 256)
-        if o["head_kernel"] not in (1, 3):
-            raise ConfigError(f"codec {self.name!r}: option head_kernel must be 1 or 3")
-        self._check_float("lr", 0.0, 10.0)
-        self._check_float("warmup", 0.0, 1.0, closed_low=True)
-        self._check_float("pe_base", 1.0, 16.0)
-        if o["stem_dim"] != "auto":
-            self._check_int("stem_dim", 1, 1 << 14)
-        self._check_float("reduction", 1.0, 16.0, closed_low=True)
-        for key in ("verify", "progress"):
-            if not isinstance(o[key], bool):
-                raise ConfigError(f"codec {self.name!r}: option {key} must be true or false")
-
-    def _check_int(self, key: str, lo: int, hi: int | None = None) -> None:
-        value = self.options[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-            bound = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
-            raise ConfigError(f"codec {self.name!r}: option {key} must be an integer {bound}, got {value!r}")
-
-    def _check_float(self, key: str, lo: float, hi: float, closed_low: bool = False) -> float:
-        value = self.options[key]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or not ((lo <= value if closed_low else lo < value) and value <= hi):
-            interval = f"{'[' if closed_low else '('}{lo}, {hi}]"
-            raise ConfigError(f"codec {self.name!r}: option {key} must be a number in {interval}, got {value!r}")
-        return float(value)
+    decode_bytes_per_pixel = 0  # frames render one at a time; nerv.stream checks a frame's feature maps
 
     @classmethod
     def availability(cls) -> str | None:
@@ -115,12 +93,6 @@ class _NeRVCodec(VideoCodec):
         from ..nerv.stream import FORMAT_VERSION
 
         return f"ulbc {__version__} {self.kind} format {FORMAT_VERSION} / torch {torch.__version__}"
-
-    def check_rate(self, rate: float) -> float:
-        rate = super().check_rate(rate)
-        if float(rate) != int(rate):
-            raise ConfigError(f"codec {self.name!r}: width must be a whole number of channels, got {rate!r}")
-        return rate
 
     def architecture(self, height: int, width: int, channels: int):
         from ..nerv.arch import build_architecture
@@ -230,11 +202,11 @@ class NeRVCodec(_NeRVCodec):
     # Lowest rate first: about 0.2 to 1.1 bpp on an 8-frame 160x120 clip (bits scale with 1/frames).
     default_rates = (3, 4, 5, 6, 8)
     # Pruning 30 % cost 1.2 dB after fine-tuning on the CPU-sized networks, 10 % nothing measurable.
-    option_defaults = {**_COMMON_OPTIONS, "lr": 2e-2, "sparsity": 0.1}
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self._check_float("sparsity", 0.0, 0.99, closed_low=True)
+    option_specs = {
+        **_COMMON_OPTIONS,
+        "lr": dataclasses.replace(_COMMON_OPTIONS["lr"], default=2e-2),  # measured best for the dense network
+        "sparsity": Option(0.1, "float", low=0, high=0.99, help="share of the weights pruned by magnitude"),
+    }
 
     def build_model(self, arch, seed):
         from ..nerv.model import DenseNeRV
@@ -277,29 +249,25 @@ class SupermaskNeRVCodec(_NeRVCodec):
     description = "Random NeRV with nested supermasks and learned scales (Choi, Kang & Oh, ICML 2023)"
     # Lowest rate first: about 0.17 to 1.1 bpp on an 8-frame 160x120 clip with the default densities.
     default_rates = (6, 8, 10, 12, 16)
-    option_defaults = {**_COMMON_OPTIONS, "densities": [0.5, 0.25, 0.1], "score_lr": 0.05, "weight_init": "signed",
-                       "train_biases": True, "alpha_gain": 1.0}
+    option_specs = {
+        **_COMMON_OPTIONS,
+        "densities": Option([0.5, 0.25, 0.1], "floats", low=0, high=1, low_open=True, length=(1, MAX_DENSITY_LEVELS),
+                            help="densities of the nested masks, strictly decreasing"),
+        "score_lr": Option(0.05, "float", low=0, high=100, low_open=True, help="learning rate of the mask scores"),
+        "weight_init": Option("signed", "choice", choices=WEIGHT_INIT_NAMES, help="the frozen random weights"),
+        "train_biases": Option(True, "bool", help="train and transmit the biases"),
+        "alpha_gain": Option(1.0, "float", low=0, high=100, low_open=True, help="factor on the initial per-layer scales"),
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        from ..nerv.model import WEIGHT_INITS
-        from ..nerv.stream import MAX_LEVELS
-
-        o = self.options
-        self._check_float("score_lr", 0.0, 100.0)
-        self._check_float("alpha_gain", 0.0, 100.0)
-        densities = o["densities"]
-        if (not isinstance(densities, (list, tuple)) or not 1 <= len(densities) <= MAX_LEVELS
-                or not all(isinstance(d, (int, float)) and not isinstance(d, bool) for d in densities)):
-            raise ConfigError(f"codec {self.name!r}: option densities must be a list of 1..{MAX_LEVELS} numbers")
+        if self.availability():
+            return  # the check below needs torch; using the codec is refused for want of it anyway
+        # Across entries (the spec checks each one): distinct after rounding to the stored 16 bits.
         codes = self.density_codes()
-        if not (0 < min(densities) and max(densities) <= 1 and all(a > b for a, b in zip(codes, codes[1:]))
-                and codes[-1] > 0):
-            raise ConfigError(f"codec {self.name!r}: densities must be strictly decreasing in (0, 1], got {densities}")
-        if o["weight_init"] not in WEIGHT_INITS:
-            raise ConfigError(f"codec {self.name!r}: option weight_init must be one of {list(WEIGHT_INITS)}")
-        if not isinstance(o["train_biases"], bool):
-            raise ConfigError(f"codec {self.name!r}: option train_biases must be true or false")
+        if not (all(a > b for a, b in zip(codes, codes[1:])) and codes[-1] > 0):
+            raise ConfigError(f"codec {self.name!r}: densities must be strictly decreasing in (0, 1], "
+                              f"got {self.options['densities']}")
 
     def density_codes(self) -> tuple[int, ...]:
         from ..nerv.model import DENSITY_ONE

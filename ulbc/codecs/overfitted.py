@@ -18,23 +18,28 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from ..errors import ConfigError, EncodeError
-from .base import Codec, PayloadResult, torch_and_constriction_missing
+from .base import Codec, Option, PayloadResult, torch_and_constriction_missing
 from . import register_codec
 
-_COMMON_OPTIONS: dict[str, Any] = {
-    "iterations": 1000,  # optimisation budget per image (warm-up candidates count)
-    "candidates": 3,  # warm-up initialisations per image; the best survives
-    "warmup_iterations": 100,
-    "final_iterations": 200,  # fine-tuning with the latents frozen at their rounded values
-    "lr": 1e-2,
-    "n_grids": 7,
-    "arm_context": 16,
-    "arm_hidden": 2,
-    "arm_coarse": 0,  # ARM context values from the next coarser grid (0, 1, 5 or 9)
-    "batch_size": "auto",  # same-size images optimised together, one model each (auto: 8 on a GPU, 1 on CPU)
-    "threads": 1,  # torch CPU threads per encode job (one per job scales best)
-    "verify": True,  # decode the written bitstream and check it gives the encoder's image
-    "progress": True,
+#: Cool-chic synthesis presets; the names of :data:`ulbc.overfit.model.COOLCHIC_PRESETS` (a test
+#: keeps the two equal), written out so the registry loads without torch.
+COOLCHIC_PRESET_NAMES = ("hop", "lop", "mop")
+
+_COMMON_OPTIONS: dict[str, Option] = {
+    "iterations": Option(1000, "int", low=1, help="optimisation budget per image (warm-up candidates count)"),
+    "candidates": Option(3, "int", low=1, help="warm-up initialisations per image; the best survives"),
+    "warmup_iterations": Option(100, "int", low=0, help="iterations of each warm-up candidate"),
+    "final_iterations": Option(200, "int", low=0, help="fine-tuning with the latents frozen at their rounded values"),
+    "lr": Option(1e-2, "float", low=0, high=10, low_open=True, help="Adam learning rate"),
+    "n_grids": Option(7, "int", low=1, high=12, help="latent grids (resolutions)"),
+    "arm_context": Option(16, "int", low=1, high=40, help="context pixels of the auto-regressive model"),
+    "arm_hidden": Option(2, "int", low=0, high=4, help="hidden layers of the auto-regressive model"),
+    "arm_coarse": Option(0, "choice", choices=(0, 1, 5, 9), help="ARM context values from the next coarser grid"),
+    "batch_size": Option("auto", "int", low=1, keywords=("auto",),
+                         help="same-size images optimised together, one model each (auto: 8 on a GPU, 1 on CPU)"),
+    "threads": Option(1, "int", low=0, help="torch CPU threads per encode job (one per job scales best; 0: torch's default)"),
+    "verify": Option(True, "bool", help="decode the written bitstream and check it gives the encoder's image"),
+    "progress": Option(True, "bool", help="show a progress bar"),
 }
 
 
@@ -50,16 +55,17 @@ class _OverfittedCodec(Codec):
     # minutes per image, so a shard of many items needs hours (keep items_per_job small).
     job_mem_mb = 8000
     job_runtime = 24 * 60
+    decode_bytes_per_pixel = 128  # a floor; the decoder checks its header's architecture (overfit.stream)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        batch = self.options["batch_size"]
-        if batch != "auto" and (not isinstance(batch, int) or batch < 1):
-            raise ConfigError(f"codec {self.name!r}: option batch_size must be 'auto' or a positive integer")
-        for key in ("iterations", "candidates", "threads", "n_grids", "arm_context"):
-            if not isinstance(self.options[key], int) or self.options[key] < (0 if key == "threads" else 1):
-                raise ConfigError(f"codec {self.name!r}: option {key} must be a positive integer")
-        self.architecture()  # validates the architecture options
+        if self.availability():
+            return  # the checks below need torch; using the codec is refused for want of it anyway
+        try:  # what the options build together (the synthesis layers, the training phases)
+            self.architecture()
+            self.train_config()
+        except ConfigError as exc:
+            raise ConfigError(f"codec {self.name!r}: {exc}") from None
         self.train_config()
 
     @classmethod
@@ -183,14 +189,16 @@ class CoolChicCodec(_OverfittedCodec):
     codec_id = 40
     kind = "coolchic"
     description = "Cool-chic-style overfitted codec: trained per-image synthesis, ARM, latent pyramid"
-    option_defaults = {**_COMMON_OPTIONS, "preset": "hop", "synthesis": ""}
+    option_specs = {
+        **_COMMON_OPTIONS,
+        "preset": Option("hop", "choice", choices=COOLCHIC_PRESET_NAMES, help="synthesis network size"),
+        "synthesis": Option("", "str", help="synthesis layers, e.g. 16-1-linear-relu,3-1-linear-none (empty: the preset's)"),
+    }
 
     def architecture(self):
         from ..overfit.model import COOLCHIC_PRESETS, Architecture
 
         o = self.options
-        if o["preset"] not in COOLCHIC_PRESETS:
-            raise ConfigError(f"codec 'coolchic': preset must be one of {sorted(COOLCHIC_PRESETS)}, got {o['preset']!r}")
         layers, _ = COOLCHIC_PRESETS[o["preset"]]
         return Architecture("coolchic", n_grids=o["n_grids"], arm_context=o["arm_context"],
                             arm_hidden=o["arm_hidden"], arm_coarse=o["arm_coarse"],
@@ -206,22 +214,21 @@ class LotteryCodec(_OverfittedCodec):
     # keep_ratio 0.9 rather than the paper's 0.7: the mask then costs about half as many bits
     # (n·H_b(0.1) vs n·H_b(0.3)), which matters on small images and short budgets. What the mask
     # gains over the all-ones network: benchmarks/lottery_mask_ablation.py (README, "Overfitted codecs").
-    option_defaults = {**_COMMON_OPTIONS, "keep_ratio": 0.9, "mod_channels": 48, "hidden": [32, 24, 16],
-                       "score_lr": 0.05}
+    option_specs = {
+        **_COMMON_OPTIONS,
+        "keep_ratio": Option(0.9, "float", low=0, high=1, low_open=True, help="share of the random network's weights kept"),
+        "mod_channels": Option(48, "int", low=1, high=256, help="channels of the modulation network"),
+        "hidden": Option([32, 24, 16], "ints", low=1, high=256, length=(3, 3), help="widths of the three hidden layers"),
+        "score_lr": Option(0.05, "float", low=0, high=100, low_open=True, help="learning rate of the mask scores"),
+    }
 
     def architecture(self):
         from ..overfit.model import Architecture
 
         o = self.options
-        hidden = o["hidden"]
-        if not isinstance(hidden, (list, tuple)) or len(hidden) != 3:
-            raise ConfigError("codec 'lottery': option hidden must be three layer widths")
         return Architecture("lottery", n_grids=o["n_grids"], arm_context=o["arm_context"], arm_hidden=o["arm_hidden"],
                             arm_coarse=o["arm_coarse"],
-                            mod_channels=int(o["mod_channels"]), hidden=tuple(int(h) for h in hidden))
+                            mod_channels=o["mod_channels"], hidden=tuple(o["hidden"]))
 
     def keep_ratio(self) -> float:
-        ratio = float(self.options["keep_ratio"])
-        if not 0.0 < ratio <= 1.0:
-            raise ConfigError(f"codec 'lottery': keep_ratio must be in (0, 1], got {ratio}")
-        return ratio
+        return float(self.options["keep_ratio"])

@@ -12,19 +12,24 @@ from PIL import Image, features
 
 from ..errors import BitstreamError
 from . import register_codec
-from .base import Codec
+from .base import Codec, Option
+
+#: Chroma subsamplings Pillow's JPEG and AVIF encoders both take (AVIF's 4:0:0 drops the colour).
+CHROMA_SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")
 
 
-def _decode_with_pillow(payload: bytes, expected_format: str) -> np.ndarray:
+def _decode_with_pillow(payload: bytes, expected_format: str, width: int, height: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(payload)) as img:
             if img.format != expected_format:
                 raise BitstreamError(f"payload is {img.format}, expected {expected_format}")
+            if img.size != (width, height):  # before decoding: the payload's own size claim
+                raise BitstreamError(f"{expected_format} payload is {img.size[0]}x{img.size[1]}, the header says {width}x{height}")
             img.load()
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except BitstreamError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise BitstreamError(f"{expected_format} payload does not decode ({exc})") from None
 
 
@@ -55,7 +60,7 @@ class _PillowCodec(Codec):
         return b"", buf.getvalue()
 
     def decode_payload(self, params, payload, width, height, *, device):
-        return _decode_with_pillow(payload, self.pillow_format)
+        return _decode_with_pillow(payload, self.pillow_format, width, height)
 
 
 @register_codec
@@ -66,11 +71,14 @@ class JpegCodec(_PillowCodec):
     rate_param = "quality"
     default_rates = (5, 10, 20, 30, 50, 70, 90)
     rate_range = (1, 100)
+    integer_rates = True
     pillow_format = "JPEG"
     feature = "jpg"
-    # optimize: per-image Huffman tables, lossless and ~10 % smaller; Pillow's own default is off,
-    # which costs JPEG about 15 BD-rate points on Kodak.
-    option_defaults = {"subsampling": "4:2:0", "optimize": True}
+    option_specs = {
+        "subsampling": Option("4:2:0", "choice", choices=CHROMA_SUBSAMPLINGS, help="chroma subsampling"),
+        # Pillow's own default is off, which costs JPEG about 15 BD-rate points on Kodak.
+        "optimize": Option(True, "bool", help="per-image Huffman tables (lossless, ~10 % smaller)"),
+    }
 
     def save_kwargs(self, rate, width, height):
         return {"quality": int(rate), "subsampling": self.options["subsampling"], "optimize": bool(self.options["optimize"])}
@@ -84,9 +92,10 @@ class WebpCodec(_PillowCodec):
     rate_param = "quality"
     default_rates = (5, 15, 30, 50, 70, 85, 95)
     rate_range = (0, 100)
+    integer_rates = True
     pillow_format = "WEBP"
     feature = "webp"
-    option_defaults = {"method": 6}
+    option_specs = {"method": Option(6, "int", low=0, high=6, help="libwebp effort (0 fast, 6 slowest and best)")}
 
     def save_kwargs(self, rate, width, height):
         return {"quality": int(rate), "method": int(self.options["method"]), "lossless": False, "exact": False}
@@ -100,10 +109,15 @@ class AvifCodec(_PillowCodec):
     rate_param = "quality"
     default_rates = (10, 25, 40, 55, 70, 85)
     rate_range = (0, 100)
+    integer_rates = True
     pillow_format = "AVIF"
     feature = "avif"
-    # One encoder thread: libaom's output then does not depend on the machine's core count.
-    option_defaults = {"speed": 4, "subsampling": "4:2:0", "max_threads": 1}
+    option_specs = {
+        "speed": Option(4, "int", low=0, high=10, help="libavif speed (0 slowest and best, 10 fastest)"),
+        "subsampling": Option("4:2:0", "choice", choices=CHROMA_SUBSAMPLINGS, help="chroma subsampling"),
+        # One thread by default: libaom's output then does not depend on the machine's core count.
+        "max_threads": Option(1, "int", low=1, help="encoder threads"),
+    }
 
     def save_kwargs(self, rate, width, height):
         return {
@@ -158,7 +172,7 @@ class JpegXlCodec(_PillowCodec):
     default_rates = (12, 8, 5, 3, 2, 1, 0.5)
     rate_range = (0.1, 25)
     pillow_format = "JXL"
-    option_defaults = {"effort": 7}
+    option_specs = {"effort": Option(7, "int", low=1, high=10, help="libjxl effort (1 fastest, 10 slowest)")}
 
     @classmethod
     def availability(cls) -> str | None:
@@ -186,4 +200,4 @@ class JpegXlCodec(_PillowCodec):
     def decode_payload(self, params, payload, width, height, *, device):
         import pillow_jxl  # noqa: F401
 
-        return _decode_with_pillow(payload, self.pillow_format)
+        return _decode_with_pillow(payload, self.pillow_format, width, height)

@@ -42,11 +42,11 @@ from typing import Any, ClassVar
 import ffmpeg
 import numpy as np
 
-from ..errors import BitstreamError, ConfigError, EncodeError, ToolMissingError
+from ..errors import BitstreamError, EncodeError, ToolMissingError
 from ..video import SWS_FLAGS
 from . import ffmpeg_codecs as _ff
 from . import register_codec
-from .base import PayloadResult, VideoCodec
+from .base import Option, PayloadResult, VideoCodec
 
 PIX_FMTS = ("yuv420p", "yuv444p")
 
@@ -142,13 +142,11 @@ class _FfmpegVideoCodec(_ff.FfmpegTool, VideoCodec):
     stream_format: ClassVar[str]
     #: Smallest frame the encoder accepts; smaller frames are padded by edge replication.
     min_coded: ClassVar[tuple[int, int]] = (1, 1)
-    option_defaults = {"keyint": 32, "pix_fmt": "yuv420p"}
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        _ff.integer_option(self, "keyint", 1, 10000, " (1: all intra)")
-        if self.options["pix_fmt"] not in PIX_FMTS:
-            raise ConfigError(f"codec {self.name!r}: pix_fmt {self.options['pix_fmt']!r} is not one of {', '.join(PIX_FMTS)}")
+    integer_rates = True  # QP and crf are integers
+    option_specs = {
+        "keyint": Option(32, "int", low=1, high=10000, help="frames from one intra frame to the next (1: all intra)"),
+        "pix_fmt": Option("yuv420p", "choice", choices=PIX_FMTS, help="the YCbCr format the encoder codes"),
+    }
 
     @abstractmethod
     def encoder_options(self, rate: float, *, verbose: bool = False) -> dict[str, Any]:
@@ -164,12 +162,6 @@ class _FfmpegVideoCodec(_ff.FfmpegTool, VideoCodec):
         if exe is None:
             return "ffmpeg missing"
         return f"{_ff._ffmpeg_release(exe)} / {_library_version(exe, type(self))}"
-
-    def check_rate(self, rate: float) -> float:
-        rate = super().check_rate(rate)
-        if float(rate) != int(rate):
-            raise ConfigError(f"codec {self.name!r}: {self.rate_param} must be a whole number, got {rate!r}")
-        return rate
 
     # -- coding --------------------------------------------------------------------------------------
     def coded_size(self, width: int, height: int) -> tuple[int, int]:
@@ -259,16 +251,12 @@ class X264Codec(_FfmpegVideoCodec):
     # 30 frames, 0.028-0.51 over the embedded 8 (the intra frame weighs more in a short clip).
     default_rates = (51, 45, 39, 33, 27, 21)
     rate_range = (0, 51)
-    option_defaults = {"preset": "medium", **_FfmpegVideoCodec.option_defaults}
+    option_specs = {"preset": _ff.X26X_PRESET_OPTION, **_FfmpegVideoCodec.option_specs}
     encoder = "libx264"
     decoders = ("h264",)
     stream_format = "h264"
     # The settings SEI names the version: "x264 - core 164 r3095 baee400".
     version_pattern = r"x264 - core (\d+(?: r\d+)?(?: [0-9a-f]+)?)"
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        _ff.check_x26x_preset(self)
 
     def encoder_options(self, rate, *, verbose=False):
         keyint = self.options["keyint"]
@@ -297,7 +285,7 @@ class X265Codec(_FfmpegVideoCodec):
     # As x264's grid; 0.011-0.36 bpp over the 30 cars frames, 0.019-0.46 over the embedded 8.
     default_rates = (51, 45, 39, 33, 27, 21)
     rate_range = (0, 51)
-    option_defaults = {"preset": "medium", **_FfmpegVideoCodec.option_defaults}
+    option_specs = {"preset": _ff.X26X_PRESET_OPTION, **_FfmpegVideoCodec.option_specs}
     encoder = "libx265"
     decoders = ("hevc",)
     stream_format = "hevc"
@@ -305,10 +293,6 @@ class X265Codec(_FfmpegVideoCodec):
     # works with every preset.
     min_coded = (32, 32)
     version_pattern = r"HEVC encoder version (\S+)"
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        _ff.check_x26x_preset(self)
 
     def encoder_options(self, rate, *, verbose=False):
         keyint = self.options["keyint"]
@@ -332,16 +316,13 @@ class Av1Codec(_FfmpegVideoCodec):
     rate_range = (0, 63)
     # cpu_used 6: a middle speed of libaom's realtime mode (0-8 is what ffmpeg 5.1 passes on); the
     # 8-frame 320x240 clip takes ~0.3 s per rate on one thread.
-    option_defaults = {"cpu_used": 6, **_FfmpegVideoCodec.option_defaults}
+    option_specs = {"cpu_used": Option(6, "int", low=0, high=8, help="libaom speed (0 slowest and best)"),
+                    **_FfmpegVideoCodec.option_specs}
     encoder = "libaom-av1"
     # ffmpeg 5's native "av1" decoder needs a hardware device: list the software ones only.
     decoders = ("libdav1d", "libaom-av1")
     stream_format = "obu"
     version_pattern = r"\[libaom-av1[^\]]*\] v(\d\S*)"
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        _ff.integer_option(self, "cpu_used", 0, 8)
 
     def encoder_options(self, rate, *, verbose=False):
         keyint = self.options["keyint"]

@@ -51,6 +51,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .. import limits
 from ..bitstream import decode_varint, encode_varint
 from ..errors import BitstreamError
 from . import entropy
@@ -61,8 +62,6 @@ from .model import random_weights, render
 FORMAT_VERSION = 1
 MAGIC = {"nerv": b"NV", "supermask": b"SM"}
 MAX_LEVELS = 8
-#: Largest decoded clip accepted (bytes of uint8 RGB), so a damaged frame count cannot ask for more.
-MAX_DECODED_BYTES = 1 << 32
 #: Largest quantisation step accepted (a float32 weight beyond 1e30 is damage, not a network).
 MAX_STEP = 1e30
 
@@ -276,10 +275,19 @@ def deterministic(device: torch.device) -> Iterator[None]:
          torch.backends.cuda.matmul.allow_tf32) = saved
 
 
-def check_output_size(n_frames: int, width: int, height: int) -> None:
-    if n_frames * width * height * 3 > MAX_DECODED_BYTES:
-        raise BitstreamError(f"{n_frames} frames of {width}x{height} exceed the decoder's "
-                             f"{MAX_DECODED_BYTES >> 30} GiB limit")
+def decoder_memory_bytes(arch: Architecture, n_frames: int) -> int:
+    """Estimated peak memory of a decode: the uint8 frames, the network (entropy-decoded int64
+    arrays, float32 tensors and their copy on the device), and a few copies of one frame's largest
+    feature map (conv output, pixel shuffle, activation)."""
+    network = 32 * (arch.n_weights + arch.n_biases)
+    return n_frames * arch.height * arch.width * 3 + network + 4 * 4 * max(arch.feature_sizes())
+
+
+def check_output_size(n_frames: int, arch: Architecture) -> None:
+    """The shared decode limits (:mod:`ulbc.limits`) applied to this network and frame count."""
+    limits.check_claim(arch.width, arch.height, n_frames, video=True)
+    limits.check_memory(decoder_memory_bytes(arch, n_frames),
+                        f"{n_frames} frames of {arch.width}x{arch.height} from this network")
 
 
 def render_frames(arch: Architecture, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None],
@@ -287,7 +295,7 @@ def render_frames(arch: Architecture, weights: Sequence[torch.Tensor], biases: S
     """(T, H, W, 3) uint8 frames, rendered one frame at a time (so a frame never depends on how many
     others are rendered with it)."""
     dev = torch.device(device)
-    check_output_size(n_frames, arch.width, arch.height)
+    check_output_size(n_frames, arch)
     pe = positional_encoding(frame_positions(n_frames), arch.pe_levels, arch.pe_base).to(dev)
     w_dev = [w.to(dev) for w in weights]
     b_dev = [None if b is None else b.to(dev) for b in biases]
@@ -295,7 +303,11 @@ def render_frames(arch: Architecture, weights: Sequence[torch.Tensor], biases: S
     with torch.no_grad(), deterministic(dev):
         for i in range(n_frames):
             out = render(arch, w_dev, b_dev, pe[i : i + 1])[0]
-            out = torch.nan_to_num(out, nan=0.0).mul(255).round().clamp(0, 255).to(torch.uint8)
+            if not bool(torch.isfinite(out).all()):
+                # Damaged weights (e.g. an overflowing layer): no frame is better than a black one.
+                raise BitstreamError(f"decoder produced non-finite values in frame {i} of {n_frames} "
+                                     f"(the network in the file is damaged)")
+            out = out.mul(255).round().clamp(0, 255).to(torch.uint8)
             frames[i] = out.permute(1, 2, 0).cpu().numpy()
     return frames
 
@@ -312,7 +324,7 @@ def decode(kind: str, params: bytes, payload: bytes, width: int, height: int, n_
            device: str | torch.device) -> np.ndarray:
     """Decode a ``kind`` bitstream's parameter block and payload to (T, H, W, 3) uint8 frames."""
     header = read_header(kind, params, width, height)
-    check_output_size(n_frames, width, height)  # before parsing anything large
+    check_output_size(n_frames, header.arch)  # before parsing anything large
     weights, biases = decoder_tensors(header, bytes(payload))
     return render_frames(header.arch, weights, biases, n_frames, device)
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..bitstream import decode_varint, encode_varint
+from .. import limits
 from ..errors import BitstreamError, ConfigError
 from .arm import QuantizedARM, decode_latents, encode_latents
 from .fixedpoint import FixedPointOverflow
@@ -166,11 +167,38 @@ def encode(arch: Architecture, height: int, width: int, seed: int, network: dict
 
 def _shapes(arch: Architecture, seed: int) -> dict[str, tuple[int, ...]]:
     # A 1x1 model has every network tensor at its real size (they do not depend on the image size).
-    return OverfittedModel(arch, 1, 1, [seed]).param_shapes()
+    try:
+        return OverfittedModel(arch, 1, 1, [seed]).param_shapes()
+    except ConfigError as exc:  # a layer string that parses but cannot be built (e.g. a residual width)
+        raise BitstreamError(f"invalid architecture in header ({exc})") from None
+
+
+def decoder_memory_bytes(arch: Architecture, height: int, width: int) -> int:
+    """Estimated peak memory of decoding one image: the larger of the ARM's coding plan (int64
+    context indices per latent element) and the float64 synthesis (a few copies of its widest
+    per-pixel tensor), plus the latent buffers. Calibrated against measured peaks (it over-estimates
+    them by 5-60 %)."""
+    elements = sum(h * w for h, w in arch.grid_shapes(height, width))
+    plan = elements * 8 * (3 * (arch.arm_context + arch.arm_coarse) + 10)
+    channels = arch.n_grids
+    if arch.kind == "coolchic":
+        widths = [channels]
+        for spec in parse_layers(arch.synthesis):
+            widths += [channels * spec.kernel**2, spec.out_channels]
+            channels = spec.out_channels
+        live = 0
+    else:
+        m1, m2, m3 = arch.lottery_shape.modulation_widths
+        widths = [channels, arch.mod_channels, 27] + [h + m for h, m in zip(arch.hidden, (m1, m2, m3))]
+        live = arch.mod_channels + 9 + m3  # modulation features kept through the random layers
+    synthesis = height * width * 8 * (4 * max(widths) + live + 3 * arch.n_grids)
+    return max(plan, synthesis) + 40 * elements
 
 
 def read(kind: str, header: bytes, payload: bytes, width: int, height: int) -> Decoded:
     arch, seed, bound, nn_bytes, mask_bytes = read_header(kind, header)
+    # Before anything image-sized exists: what this architecture needs at this size.
+    limits.check_memory(decoder_memory_bytes(arch, height, width), f"a {width}x{height} {kind} image")
     nn_data, mask_data, latent_data = _split(payload, nn_bytes, mask_bytes)
     params = to_qparams(nn_data, _shapes(arch, seed))
     masks = None

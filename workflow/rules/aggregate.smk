@@ -10,6 +10,9 @@ rule aggregate:
         f"{LOGS}/aggregate.log",
     params:
         engine=config["aggregate_engine"],
+        allow_mixed_versions=config["allow_mixed_versions"],
+        # The study's code: a changed codec re-runs its shards and then this job.
+        code=lambda wc: study_code_digests(),
     resources:
         mem_mb=8000,
     script:

@@ -14,7 +14,8 @@ rule encode_shard:
         f"{LOGS}/encode/{SHARD_DIR}.log",
     params:
         method=method_arguments,
-        ulbc_version=ulbc.__version__,
+        # The codec's code (rerun-triggers compare params): changed code re-encodes its shards.
+        code=method_code_digest,
     resources:
         mem_mb=lambda wc: plan(wc).mem_mb,
         runtime=lambda wc: plan(wc).runtime,
@@ -37,7 +38,7 @@ rule evaluate_shard:
     params:
         method=evaluation_arguments,
         metrics=" ".join(f"--metric {m}" for m in config["metrics"]),
-        ulbc_version=ulbc.__version__,
+        code=method_code_digest,
     resources:
         mem_mb=lambda wc: plan(wc).mem_mb,
         runtime=lambda wc: plan(wc).runtime,
@@ -46,4 +47,4 @@ rule evaluate_shard:
         "{ULBC} evaluate-shard --manifest {input.manifest} --shard {wildcards.shard} "
         "--items-per-job {ITEMS_PER_JOB} {params.method} --pack {input.pack} "
         "--encode-log {input.encode_log} {params.metrics} --device {config[device]} "
-        "--on-error {config[on_error]} --out {output} 2> {log}"
+        "--on-error {config[on_error]} --threads {threads} --out {output} 2> {log}"

@@ -13,9 +13,12 @@ from ulbc.clips import is_video_entry
 from ulbc.config import check_study
 from ulbc.errors import UlbcError
 from ulbc.manifest import num_shards, shard_name
-from ulbc.provenance import config_hash
+from ulbc.provenance import code_digest, config_hash
 
 
+if not config:
+    raise WorkflowError("no study configured: the config file is empty (a study names datasets and methods; "
+                        "see config/config.yaml)")
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 try:
     PLANS = check_study(config)
@@ -51,6 +54,20 @@ def _method_arguments(method, rate):
     options = shlex.quote(json.dumps(the_plan.options, sort_keys=True))
     return (f"--method {method} --codec {the_plan.codec} --rate {the_plan.rate_value(rate)!r} "
             f"--options {options}")
+
+
+@functools.cache
+def _code_digest(method):
+    return code_digest(PLANS[method].codec)
+
+
+def method_code_digest(wildcards):
+    """Digest of the code that makes a method's rows (ulbc.provenance.code_digest)."""
+    return _code_digest(wildcards.method)
+
+
+def study_code_digests():
+    return ",".join(f"{method}={_code_digest(method)}" for method in sorted(PLANS))
 
 
 def method_arguments(wildcards):

@@ -11,5 +11,6 @@ rows = aggregate_shards(
     snakemake.output[0],  # noqa: F821
     engine=snakemake.params.engine,  # noqa: F821
     metadata=run_provenance(dict(snakemake.config)),  # noqa: F821
+    allow_mixed_versions=snakemake.params.allow_mixed_versions,  # noqa: F821
 )
 print(f"aggregated {rows} rows from {len(snakemake.input)} shards", file=sys.stderr)  # noqa: F821
