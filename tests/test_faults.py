@@ -88,6 +88,7 @@ def test_killed_run_reruns_only_missing_shards(tmp_path, photo):
     config = _study(tmp_path, photo)
     cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(config), "--cores", "1"]
     packs = tmp_path / "results" / "faults" / "bitstreams" / "tiny" / "lottery"
+    logs = tmp_path / "results" / "faults" / "work" / "tiny" / "lottery"
     log = (tmp_path / "killed.log").open("w")
     # A session of its own, so that the whole tree (Snakemake and its job shells) can be killed at once.
     run = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -97,7 +98,8 @@ def test_killed_run_reruns_only_missing_shards(tmp_path, photo):
         while True:
             assert run.poll() is None, "the run finished before it could be killed"
             assert time.monotonic() < deadline, "no encode job was seen running after a finished one"
-            done = sorted(packs.rglob("*.zip"))
+            # An encode job writes its pack, then its log: a shard is done once both are there.
+            done = sorted(logs.rglob("*.encode.parquet"))
             if done and _encoders(root):
                 break
             time.sleep(0.2)
@@ -107,7 +109,8 @@ def test_killed_run_reruns_only_missing_shards(tmp_path, photo):
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
         log.close()
-    finished = {p: p.stat().st_mtime_ns for p in packs.rglob("*.zip")}
+    finished = {p: p.stat().st_mtime_ns for p in packs.rglob("*.zip")
+                if (logs / p.relative_to(packs).with_suffix(".encode.parquet")).is_file()}
     assert 1 <= len(finished) < 3
 
     # A killed Snakemake keeps its directory lock (it cannot tell a crash from a live run): the

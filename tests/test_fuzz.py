@@ -45,7 +45,7 @@ def _small_options(codec_cls) -> dict:
     wanted = {"iterations": 20, "candidates": 1, "warmup_iterations": 5, "final_iterations": 5, "n_grids": 4,
               "arm_context": 8, "preset": "lop", "progress": False, "finetune_iterations": 5, "eval_every": 10,
               "pe_levels": 8, "batch_frames": 1}
-    known = set(getattr(codec_cls, "option_defaults", {}) or {}) | set(getattr(codec_cls, "option_specs", {}) or {})
+    known = set(codec_cls.option_specs)
     return {k: v for k, v in wanted.items() if k in known} if "iterations" in known else {}
 
 

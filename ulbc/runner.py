@@ -183,6 +183,7 @@ def encode_shard(
     dev = resolve_device(device, codec.uses_gpu)
     dev_name = describe_device(dev)
     version = codec.version()
+    digest = code_digest(spec.codec)  # the code this run encodes with, recorded in the log
     load = load_clip_verified if codec.media == "video" else load_verified
     entries: dict[str, bytes] = {}
     log: dict[str, dict] = {}
@@ -236,8 +237,7 @@ def encode_shard(
     bar.close()
     # Pack and log follow the manifest order, whatever order the batches ran in.
     write_pack(out_pack, [(bitstream_entry(r.item), entries[r.item]) for r in rows if r.item in entries])
-    _write_table([log[r.item] for r in rows], ENCODE_LOG_SCHEMA, out_log,
-                 metadata={CODE_DIGEST_KEY: code_digest(spec.codec)})
+    _write_table([log[r.item] for r in rows], ENCODE_LOG_SCHEMA, out_log, metadata={CODE_DIGEST_KEY: digest})
     return len(entries)
 
 
