@@ -15,10 +15,11 @@ variable                       default       what
 ``ULBC_DECODE_MAX_PIXELS``     2^28          pixels of one image or frame (the README's largest image)
 ``ULBC_DECODE_MAX_FRAMES``     10 000        frames of one clip
 ``ULBC_DECODE_MAX_OUTPUT``     4 GiB         bytes of decoded uint8 RGB (all frames together)
-``ULBC_DECODE_MAX_MEMORY``     8 GiB         estimated working memory of one decode
+``ULBC_DECODE_MAX_MEMORY``     16 GiB        estimated working memory of one decode
 =============================  ============  ==========================================================
 
-The memory default leaves room on a 24 GB laptop running two jobs; on a larger machine raise it.
+The memory default lets the overfitted decoders take CLIC-sized photos (lottery up to about 4.9 Mpx,
+coolchic about 9.8 Mpx) and still fits a 24 GB laptop; raise it on a larger machine.
 The defaults are fixed (not derived from the machine's RAM) so a file decodes or is refused alike
 everywhere.
 """
@@ -39,7 +40,7 @@ MEMORY_VAR = "ULBC_DECODE_MAX_MEMORY"
 DEFAULT_MAX_PIXELS = 1 << 28
 DEFAULT_MAX_FRAMES = 10_000
 DEFAULT_MAX_OUTPUT = 4 << 30
-DEFAULT_MAX_MEMORY = 8 << 30
+DEFAULT_MAX_MEMORY = 16 << 30
 
 #: Bytes per pixel of the decoded uint8 RGB output.
 OUTPUT_BYTES_PER_PIXEL = 3
