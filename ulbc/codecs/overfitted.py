@@ -66,7 +66,6 @@ class _OverfittedCodec(Codec):
             self.train_config()
         except ConfigError as exc:
             raise ConfigError(f"codec {self.name!r}: {exc}") from None
-        self.train_config()
 
     @classmethod
     def availability(cls) -> str | None:
