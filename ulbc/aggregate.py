@@ -202,9 +202,10 @@ def aggregate_shards(
     Rows from different code versions are refused (:func:`check_code_versions`) unless
     ``allow_mixed_versions``; an allowed mix is described in the ``ulbc.version_mix`` metadata key,
     which the analysis repeats in its tables. The output carries METRIC_ROW_SCHEMA and ``metadata``
-    as ``ulbc.<key>`` key-value pairs (run provenance). Both engines yield the same table (NaN and null kept apart) at about the same speed
-    on one machine (benchmarks/scale.py); "dask" partitions the work in batches of shard files,
-    "pyarrow" needs no dask. Returns the number of rows written.
+    as ``ulbc.<key>`` key-value pairs (run provenance). Both engines yield the same table (NaN and
+    null kept apart) at about the same speed on one machine (benchmarks/scale.py); "dask"
+    partitions the work in batches of shard files, "pyarrow" needs no dask. Returns the number of
+    rows written.
     """
     if engine not in ENGINES:
         raise ConfigError(f"aggregate engine {engine!r}: expected one of {', '.join(ENGINES)}")
@@ -252,14 +253,12 @@ def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def check_code_versions(table: pa.Table, *, allow_mixed: bool = False,
-                        current: dict[str, str] | None = None) -> str | None:
+def check_code_versions(table: pa.Table, *, allow_mixed: bool = False) -> str | None:
     """Refuse rows that different code produced, unless ``allow_mixed``; return a description of the
     mix when one is allowed (None when every row comes from one code version per method).
 
     Rows of one method must share one ``code_digest`` and one ``codec_version``, and each digest must
-    be the one the current code has (``current``: codec -> digest, computed here when not given):
-    otherwise old and new shards would be BD-rated together. Methods may come from different git
+    be the one the current code has: otherwise old and new shards would be BD-rated together. Methods may come from different git
     commits as long as the code each depends on is the same; the commits are listed in the message.
     """
     from .provenance import code_digest
@@ -277,8 +276,8 @@ def check_code_versions(table: pa.Table, *, allow_mixed: bool = False,
             problems.append(f"method {method!r} has rows from {len(libraries)} codec versions ({'; '.join(libraries)})")
         else:
             try:
-                want = current[codec] if current is not None else code_digest(codec)
-            except (KeyError, ConfigError):
+                want = code_digest(codec)
+            except ConfigError:
                 want = None  # a codec this installation does not have: only internal consistency is checkable
             if want is not None and digests[0] != want:
                 problems.append(f"method {method!r} rows come from other code (digest {digests[0]}, current {want})")

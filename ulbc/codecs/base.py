@@ -309,6 +309,10 @@ class Codec(ABC):
         return self.encode_result(image, rate, device=device, seed=seed, name=name).data
 
 
+#: What a codec's decoder may raise on damaged input besides BitstreamError; reported as one line.
+DECODER_FAILURES = (ValueError, OSError, RuntimeError, EOFError, IndexError, KeyError, OverflowError, MemoryError)
+
+
 def decode_container(container: bitstream.Container, codec: Codec, *, device: str = "cpu", name: str = "<bitstream>") -> np.ndarray:
     """Run ``codec``'s decoder on a parsed container and check what it returns: an (H, W, 3) image,
     or (T, H, W, 3) frames for a video codec."""
@@ -319,7 +323,7 @@ def decode_container(container: bitstream.Container, codec: Codec, *, device: st
         image = codec.decode_payload(container.params, container.payload, container.width, container.height, device=device)
     except BitstreamError as exc:
         raise BitstreamError(f"{name}: {exc}") from None
-    except (ValueError, OSError, RuntimeError, EOFError, IndexError, KeyError, OverflowError, MemoryError) as exc:
+    except DECODER_FAILURES as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BitstreamError(f"{name}: {codec.name} decoder failed ({first})") from None
     expected = (container.height, container.width, 3)
@@ -419,7 +423,7 @@ class VideoCodec(Codec):
                                               container.height, n_frames, device=device)
         except BitstreamError as exc:
             raise BitstreamError(f"{name}: {exc}") from None
-        except (ValueError, OSError, RuntimeError, EOFError, IndexError, KeyError, OverflowError, MemoryError) as exc:
+        except DECODER_FAILURES as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise BitstreamError(f"{name}: {self.name} decoder failed ({first})") from None
         expected = (n_frames, container.height, container.width, 3)
