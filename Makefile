@@ -11,7 +11,7 @@ STUDY ?= demo
 run: install
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --cores $(CORES) --report results/$(STUDY)/report.html
-	@echo "results: results/$(STUDY)/ (metrics.parquet, bdrate.csv, rd_psnr.png, report.html)"
+	@echo "results: results/$(STUDY)/ (metrics.parquet, bdrate.csv, rd/<metric>.png, report.html)"
 
 test: install
 	$(BIN)/pytest -q

@@ -22,14 +22,16 @@ def package_copy(tmp_path, monkeypatch):
     shutil.copytree(provenance._PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__", "data"))
     monkeypatch.setattr(provenance, "_PACKAGE_ROOT", copy)
 
-    def digests():
+    def digests(kind=provenance.code_digest):
         provenance._source_files.cache_clear()
         provenance.code_digest.cache_clear()
-        return {name: provenance.code_digest(name) for name in ("jpeg", "webp", "hevc-intra", "lottery", "nerv")}
+        provenance.encode_digest.cache_clear()
+        return {name: kind(name) for name in ("jpeg", "webp", "hevc-intra", "lottery", "nerv")}
 
     yield copy, digests
     provenance._source_files.cache_clear()
     provenance.code_digest.cache_clear()
+    provenance.encode_digest.cache_clear()
 
 
 def touch(path):
@@ -53,6 +55,18 @@ def test_an_edit_changes_exactly_the_digests_of_the_codecs_whose_code_it_is(pack
     touch(copy / "metrics" / "fidelity.py")  # shared by every row
     fifth = digests()
     assert all(fourth[n] != fifth[n] for n in first)
+
+
+def test_a_metric_edit_re_measures_without_re_encoding(package_copy):
+    copy, digests = package_copy
+    rows, bitstreams = digests(), digests(provenance.encode_digest)
+    assert all(rows[n] != bitstreams[n] for n in rows)  # two different fingerprints
+    touch(copy / "metrics" / "base.py")
+    assert all(digests()[n] != rows[n] for n in rows)
+    assert digests(provenance.encode_digest) == bitstreams
+    touch(copy / "codecs" / "ffmpeg_codecs.py")
+    changed = digests(provenance.encode_digest)
+    assert [n for n in rows if changed[n] != bitstreams[n]] == ["hevc-intra"]
 
 
 def test_a_registry_does_not_make_one_codec_depend_on_the_others():

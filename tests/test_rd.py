@@ -13,7 +13,7 @@ import pytest
 from ulbc.errors import ConfigError, InputError
 from ulbc.provenance import code_digest
 from ulbc.rd import bd_rate_table, plot_rd, summarize, write_table
-from ulbc.schema import METRIC_ROW_SCHEMA
+from ulbc.schema import METRIC_COLUMNS, METRIC_ROW_SCHEMA
 
 ANCHOR_BPP = [0.2, 0.4, 0.8, 1.6]
 ANCHOR_PSNR = [25.0, 30.0, 35.0, 40.0]
@@ -36,8 +36,19 @@ def row(**overrides) -> dict:
         "level": "image", "clip": "", "frames": 1,
     }
     base.update(overrides)
-    assert list(base) == METRIC_ROW_SCHEMA.names
-    return base
+    return complete_row(base)
+
+
+def complete_row(values: dict) -> dict:
+    """``values`` in schema order; metric columns not given are NaN (not measured); metric_info says
+    that PSNR and MS-SSIM were measured, as a shard job would."""
+    unknown = set(values) - set(METRIC_ROW_SCHEMA.names)
+    assert not unknown, f"not schema columns: {unknown}"
+    values = {"metric_info": MEASURED, **values}
+    return {name: values.get(name, math.nan if name in METRIC_COLUMNS else "") for name in METRIC_ROW_SCHEMA.names}
+
+
+MEASURED = '{"ms-ssim": {"options": {}}, "psnr": {"options": {}}}'
 
 
 def curve_rows(method, bpps, psnrs, *, dataset="kodak", items=2) -> list[dict]:
@@ -91,7 +102,7 @@ def test_bd_table_layout_and_nan_reasons(study):
     table = bd_rate_table(study, "jpeg")
     assert list(table.columns) == (
         ["dataset", "method", "anchor", "interpolation"] + [f"bd_rate_{m}" for m in METRICS]
-        + ["n_points", "n_points_anchor", "n_items", "n_excluded"]
+        + [f"bd_{m}" for m in METRICS] + ["n_points", "n_points_anchor", "n_items", "n_excluded"]
         + [f"overlap_{s}_{m}" for m in METRICS for s in ("low", "high")] + ["note"]
     )
     # Anchor first within each dataset, datasets sorted.

@@ -312,7 +312,7 @@ def test_end_to_end_matches_local_run(tmp_path, photo, capsys):
         tables.append(df.drop(columns=list(TIMING_COLUMNS)).sort_values(key).reset_index(drop=True))
     assert len(tables[0]) == 2 * 2 and (tables[0]["status"] == "ok").all()
     pd.testing.assert_frame_equal(tables[0], tables[1])
-    for name in ("summary.csv", "bdrate.csv", "rd_psnr.png", "run_manifest.json"):
+    for name in ("summary.csv", "bdrate.csv", "rd/psnr_rgb.png", "run_manifest.json"):
         assert (tmp_path / "slurm" / "results" / STUDY / name).stat().st_size > 0, name
 
 

@@ -9,6 +9,7 @@ a few threads; the per-file cost, not the row count, is what matters at 10^4 sha
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 
 from .errors import ConfigError, InputError
 from .fsutil import atomic_path
-from .schema import METRIC_ROW_SCHEMA
+from .schema import METRIC_COLUMNS, METRIC_ROW_SCHEMA
 
 ENGINES = ("dask", "pyarrow")
 SORT_KEYS = ("dataset", "method", "rate_value", "item")
@@ -145,6 +146,19 @@ def _sorted(table: pa.Table) -> pa.Table:
 _CLIP_KEYS = ["dataset", "method", "rate_label", "clip"]
 
 
+def _measured_columns(metric_info: str | None) -> set[str]:
+    """Row columns of the metrics a row's ``metric_info`` names (every metric column if it names none)."""
+    from .metrics import METRICS
+
+    try:
+        names = list(json.loads(metric_info or "{}"))
+    except ValueError:
+        names = []
+    if not names:
+        return set(METRIC_COLUMNS)
+    return {c.name for n in names if n in METRICS for c in METRICS[n].columns}
+
+
 def with_clip_rows(table: pa.Table) -> pa.Table:
     """Add a clip row for every clip that image codecs coded frame by frame.
 
@@ -172,8 +186,12 @@ def with_clip_rows(table: pa.Table) -> pa.Table:
                    encode_s=float(part["encode_s"].sum()), decode_s=float(part["decode_s"].sum()))
         row["bpp"] = 8.0 * row["bytes"] / pixels if row["bytes"] is not None else math.nan
         row["payload_bpp"] = 8.0 * row["payload_bytes"] / pixels if row["payload_bytes"] is not None else math.nan
-        for column in ("mse_rgb", "psnr_rgb", "ms_ssim_rgb"):
-            row[column] = float(part[column].mean()) if ok else math.nan
+        measured = _measured_columns(first.get("metric_info"))
+        for column in METRIC_COLUMNS:
+            if column not in measured:
+                row[column] = None
+            else:
+                row[column] = float(part[column].mean()) if ok else math.nan
         for column in ("bits_nn", "bits_mask", "bits_latent"):
             row[column] = float(part[column].sum()) if part[column].notna().all() else None
         row["macs_per_pixel"] = float(part["macs_per_pixel"].mean()) if part["macs_per_pixel"].notna().all() else None

@@ -121,7 +121,7 @@ def cmd_decode(args) -> None:
 def cmd_eval(args) -> None:
     from .bitstream import MAGIC
     from .imageio import load_rgb
-    from .metrics import compute_metrics
+    from .metrics import build_metrics, compute_metrics
     from .runner import decode_bitstream_data
 
     reference = load_rgb(args.reference)
@@ -137,7 +137,11 @@ def cmd_eval(args) -> None:
                       payload_bpp=8 * len(container.payload) / (w * h))
     else:
         candidate = load_rgb(path)
-    metrics = compute_metrics(args.metric or ["psnr", "ms-ssim"], reference, candidate)
+    instances = build_metrics(args.metric or ["psnr", "ms-ssim"], args.metric_options, device=args.device)
+    per_dataset = [m.name for m in instances if m.level != "item"]
+    if per_dataset:
+        raise UlbcError(f"metric(s) {', '.join(per_dataset)} are measured over a dataset, not one image pair")
+    metrics = compute_metrics(instances, reference, candidate)
     result.update({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
     print(json.dumps(result))
 
@@ -192,8 +196,29 @@ def cmd_codecs(args) -> None:
 def cmd_metrics(args) -> None:
     from .metrics import METRICS
 
-    for name in sorted(METRICS):
-        print(name)
+    rows = []
+    for name, cls in METRICS.items():
+        specs = {key: {"default": spec.default, "kind": spec.kind, "accepts": spec.requirement(), "help": spec.help}
+                 for key, spec in cls.option_specs.items()}
+        default_weights = list(cls().weight_names())
+        rows.append({"name": name, "level": cls.level, "gpu": cls.uses_gpu, "description": cls.description,
+                     "columns": [{"name": c.name, "dtype": c.dtype, "better": c.direction, "rd": c.rd,
+                                  "label": c.label} for c in (*cls.columns, *cls.derived)],
+                     "weights": default_weights, "option_specs": specs})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'metric':<11} {'level':<8} {'gpu':<4} {'weights':<28} columns (RD columns marked *)")
+    for r in rows:
+        columns = ", ".join(c["name"] + ("*" if c["rd"] else "") + (" (lower better)" if c["better"] == "lower" else "")
+                            for c in r["columns"])
+        print(f"{r['name']:<11} {r['level']:<8} {'yes' if r['gpu'] else 'no':<4} "
+              f"{', '.join(r['weights']) or '-':<28} {columns}")
+        if args.verbose:
+            print(f"{'':12}{r['description']}")
+            for key, spec in r["option_specs"].items():
+                print(f"{'':12}{key} = {json.dumps(spec['default'])}: {spec['accepts']}"
+                      + (f"; {spec['help']}" if spec["help"] else ""))
 
 
 # -- datasets ------------------------------------------------------------------------------------------
@@ -216,6 +241,74 @@ def cmd_datasets_fetch(args) -> None:
         Path(args.done_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.done_file).write_text(str(folder) + "\n")
     print(folder)
+
+
+# -- weights ------------------------------------------------------------------------------------------
+def _size_text(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.1f} MiB"
+
+
+def cmd_weights_list(args) -> None:
+    from .weights import registry, verify
+
+    rows = []
+    for name, entry in sorted(registry().items()):
+        found = verify(name)
+        rows.append({"name": name, "file": entry.file_name, "status": found.status,
+                     "path": str(found.path) if found.path else None, "problem": found.problem,
+                     "size": entry.size, "sha256": entry.sha256, "check": entry.check, "licence": entry.licence,
+                     "used_by": list(entry.used_by), "urls": list(entry.urls), "aliases": list(entry.aliases),
+                     "description": entry.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<26} {'file':<38} {'status':<8} {'size':>10} {'licence':<26} {'used by':<12} where")
+    for r in rows:
+        print(f"{r['name']:<26} {r['file']:<38} {r['status']:<8} {_size_text(r['size']):>10} {r['licence']:<26} "
+              f"{','.join(r['used_by']) or '-':<12} {r['path'] or '-'}")
+
+
+def cmd_weights_fetch(args) -> None:
+    from .weights import fetch
+
+    if args.url and len(args.names) > 1:
+        raise ConfigError("weights fetch: --url names one file's source; give a single NAME with it")
+    for name in args.names:
+        print(fetch(name, url=args.url, progress=not args.quiet))
+
+
+def cmd_weights_import(args) -> None:
+    from .weights import import_file
+
+    if args.name and len(args.paths) > 1:
+        raise ConfigError("weights import: --name says which entry one file is; give a single PATH with it")
+    for path in args.paths:
+        name, dest = import_file(path, name=args.name)
+        print(f"{name}: {dest}")
+
+
+def cmd_weights_verify(args) -> None:
+    from .fsutil import write_bytes_atomic
+    from .weights import registry, verify
+
+    names = args.names or sorted(registry())
+    results = [verify(name) for name in names]
+    for r in results:
+        detail = f"{r.check} ok, {r.path}" if r.ok else r.problem
+        print(f"{r.name}: {r.status} ({detail})")
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        raise UlbcError(f"weights verify: {len(failed)} of {len(results)} file(s) missing or bad: "
+                        f"{', '.join(failed)} (ulbc weights fetch NAME, or ulbc weights import PATH)")
+    if args.record:
+        record = {r.name: {"file": r.file_name, "path": str(r.path), "sha256": r.sha256} for r in results}
+        write_bytes_atomic(args.record, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def cmd_weights_path(args) -> None:
+    from .weights import require
+
+    print(require(args.name))
 
 
 def cmd_manifest(args) -> None:
@@ -275,6 +368,7 @@ def cmd_metrics_shard(args) -> None:
 
     n = metrics_shard(args.manifest, args.shard, args.items_per_job, _spec(args), args.encode_log, args.decode_log,
                       args.decoded, args.out, metrics=args.metric or ("psnr", "ms-ssim"),
+                      metric_options=args.metric_options, features_out=args.features_out, device=args.device,
                       config_hash=args.config_hash, progress=not args.quiet)
     print(f"measured {n} items -> {args.out}", file=sys.stderr)
 
@@ -283,7 +377,8 @@ def cmd_evaluate_shard(args) -> None:
     from .runner import evaluate_shard
 
     n = evaluate_shard(args.manifest, args.shard, args.items_per_job, _spec(args), args.pack, args.encode_log,
-                       args.out, metrics=args.metric or ("psnr", "ms-ssim"), config_hash=args.config_hash,
+                       args.out, metrics=args.metric or ("psnr", "ms-ssim"), metric_options=args.metric_options,
+                       features_out=args.features_out, config_hash=args.config_hash,
                        device=args.device, on_error=args.on_error, progress=not args.quiet)
     print(f"decoded and measured {n} rows -> {args.out}", file=sys.stderr)
 
@@ -301,25 +396,32 @@ def cmd_aggregate(args) -> None:
     print(json.dumps({"metrics": str(args.out), "rows": n, "shards": len(shards)}))
 
 
+def cmd_dataset_metrics(args) -> None:
+    from .features import dataset_metric_table
+
+    paths = list(args.features)
+    if args.features_list:
+        paths += [line.strip() for line in Path(args.features_list).read_text().splitlines() if line.strip()]
+    n = dataset_metric_table(paths, args.out)
+    print(json.dumps({"dataset_metrics": str(args.out), "rate_points": n, "files": len(paths)}))
+
+
 def cmd_analyse(args) -> None:
     from .aggregate import read_metrics, version_mix
-    from .rd import bd_rate_table, plot_rd, summarize, write_table
+    from .features import read_dataset_metrics
+    from .rd import analyse_study
 
     frame = read_metrics(args.metrics)
     mix = version_mix(args.metrics)
     notice = f"These results mix code versions (allow_mixed_versions): {mix}" if mix else None
     if notice:
         print(f"ulbc: warning: {notice}", file=sys.stderr)
-    summary = summarize(frame)
-    out = Path(args.outdir)
-    write_table(summary, out / "summary.csv", notice=notice)
-    write_table(summary, out / "summary.html", notice=notice)
-    # Per-item rows: the BD-rate keeps the items ok at every rate point of method and anchor.
-    table = bd_rate_table(frame, args.anchor, interpolation=args.interpolation)
-    write_table(table, out / "bdrate.csv", notice=notice)
-    write_table(table, out / "bdrate.html", notice=notice)
-    plot_rd(summary, [out / "rd_psnr.png", out / "rd_psnr.svg"], metric="psnr_rgb", anchor=args.anchor)
-    plot_rd(summary, [out / "rd_msssim.png", out / "rd_msssim.svg"], metric="ms_ssim_db", anchor=args.anchor)
+    dataset_table = read_dataset_metrics(args.dataset_metrics) if args.dataset_metrics else None
+    summary, table, notes = analyse_study(frame, Path(args.outdir), anchor=args.anchor,
+                                          interpolation=args.interpolation, dataset_table=dataset_table,
+                                          notice=notice)
+    for note in notes:
+        print(f"ulbc: note: {note}", file=sys.stderr)
     failed = int(summary["n_failed"].sum())
     if failed:
         print(f"ulbc: warning: {failed} item encodes/decodes failed; see the status/error columns", file=sys.stderr)
@@ -328,9 +430,12 @@ def cmd_analyse(args) -> None:
 
 def cmd_bdrate(args) -> None:
     from .aggregate import read_metrics
+    from .features import read_dataset_metrics
     from .rd import bd_rate_table, write_table
 
-    table = bd_rate_table(read_metrics(args.metrics), args.anchor, interpolation=args.interpolation)
+    dataset_table = read_dataset_metrics(args.dataset_metrics) if args.dataset_metrics else None
+    table = bd_rate_table(read_metrics(args.metrics), args.anchor, interpolation=args.interpolation,
+                          dataset_table=dataset_table)
     if args.out:
         write_table(table, args.out)
     cols = ["dataset", "method", "anchor"] + [c for c in table.columns if c.startswith("bd_rate_")]
@@ -404,8 +509,26 @@ def limit_cpu_threads(threads: int) -> None:
 
 def _add_bd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("metrics", help="metrics.parquet of a study")
+    p.add_argument("--dataset-metrics", help="dataset_metrics.parquet of the study (FID, KID), if it measured them")
     p.add_argument("--anchor", default="hevc-intra", help="method the BD-rates are measured against")
     p.add_argument("--interpolation", default="akima", choices=("akima", "pchip", "cubic"))
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _add_metric_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", action="append", help="metric to measure (repeatable; default psnr and ms-ssim)")
+    p.add_argument("--metric-options", type=_json_object, default={}, metavar="JSON",
+                   help='options per metric, e.g. \'{"fid": {"patch_size": 64}}\'')
+    p.add_argument("--features-out", help="features file of the dataset-level metrics (fid, kid) of the shard")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,7 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="metrics of a bitstream (decoded) or an image against a reference")
     p.add_argument("reference")
     p.add_argument("candidate")
-    p.add_argument("--metric", action="append")
+    p.add_argument("--metric", action="append", help="per-item metric (repeatable; default psnr and ms-ssim)")
+    p.add_argument("--metric-options", type=_json_object, default={}, metavar="JSON",
+                   help='options per metric, e.g. \'{"flip": {"pixels_per_degree": 42}}\'')
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 
@@ -452,7 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_codecs)
 
-    p = sub.add_parser("metrics", help="registered metrics")
+    p = sub.add_parser("metrics", help="registered metrics: level, GPU use, weights, columns")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="also each metric's description and options")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("datasets", help="dataset registry")
@@ -466,6 +593,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--done-file", help="write this file when the dataset is complete (for Snakemake)")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_datasets_fetch)
+
+    p = sub.add_parser("weights", help="pretrained weight files of the metrics: list, fetch, import, verify")
+    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    q = wsub.add_parser("list", help="registered weight files and whether a verified copy is here")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_weights_list)
+    q = wsub.add_parser("fetch", help="download weight files (checksummed, resumable) into the cache; "
+                        "$ULBC_WEIGHTS_MIRROR is tried first")
+    q.add_argument("names", nargs="+", metavar="NAME")
+    q.add_argument("--url", help="download from this URL instead (one NAME only)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_weights_fetch)
+    q = wsub.add_parser("import", help="copy local weight files into the cache (identified by sha256), "
+                        "e.g. on a machine without network")
+    q.add_argument("paths", nargs="+", metavar="PATH")
+    q.add_argument("--name", help="the entry the file must be (default: found by its sha256)")
+    q.set_defaults(func=cmd_weights_import)
+    q = wsub.add_parser("verify", help="check weight files (default: all); exit status 2 if any is missing or bad")
+    q.add_argument("names", nargs="*", metavar="NAME")
+    q.add_argument("--record", metavar="OUT.json", help="when all verify, write {name: {file, path, sha256}} here")
+    q.set_defaults(func=cmd_weights_verify)
+    q = wsub.add_parser("path", help="print the verified local file of one entry")
+    q.add_argument("name", metavar="NAME")
+    q.set_defaults(func=cmd_weights_path)
 
     p = sub.add_parser("manifest", help="build a dataset's manifest (Parquet)")
     p.add_argument("--dataset", required=True)
@@ -511,8 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-log", required=True)
     p.add_argument("--decoded", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--metric", action="append")
+    _add_metric_args(p)
     p.add_argument("--config-hash", default="")
+    p.add_argument("--device", default="cpu", help="device of the metrics that can use a GPU")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_metrics_shard)
 
@@ -523,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", required=True)
     p.add_argument("--encode-log", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--metric", action="append")
+    _add_metric_args(p)
     p.add_argument("--config-hash", default="")
     p.add_argument("--device", default="auto")
     p.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="fail")
@@ -539,6 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-mixed-versions", action="store_true",
                    help="aggregate rows from different code versions (the tables then say so)")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("dataset-metrics", help="dataset-level metrics (FID, KID) per rate point from the features "
+                       "files of evaluate-shard -> Parquet")
+    p.add_argument("features", nargs="*")
+    p.add_argument("--features-list", help="file with one features path per line")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_dataset_metrics)
 
     p = sub.add_parser("analyse", help="summary, BD-rate tables and RD plots from metrics.parquet")
     _add_bd_args(p)

@@ -15,7 +15,7 @@ import yaml
 
 from .codecs import codec_class
 from .errors import ConfigError
-from .metrics import get_metric
+from .metrics import build_metrics
 from .provenance import config_hash
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -173,9 +173,37 @@ def check_study(config: dict) -> dict[str, MethodPlan]:
         unknown = [d for d in plan.datasets or () if d not in config["datasets"]]
         if unknown:
             raise ConfigError(f"methods.{plan.name}.datasets: {', '.join(unknown)} not among the study's datasets")
-    for metric in config["metrics"]:
-        get_metric(metric)
+    weight_names = study_weight_names(config)
+    if weight_names and not config.get("fetch_weights", False):
+        from . import weights
+
+        for name in weight_names:
+            try:
+                weights.require_present(name)
+            except weights.WeightsMissingError as exc:
+                raise ConfigError(f"metrics: {exc}") from None
     if config["anchor"] not in plans:
         raise ConfigError(f"anchor {config['anchor']!r} is not one of the study's methods: {', '.join(plans)}")
     return plans
 
+
+
+def dataset_metric_options(config: dict, dataset: str) -> dict[str, dict]:
+    """Metric options for one dataset: the study's ``metric_options`` with the dataset's own on top."""
+    merged = {name: dict(values or {}) for name, values in (config.get("metric_options") or {}).items()}
+    for name, values in (config["datasets"][dataset].get("metric_options") or {}).items():
+        merged[name] = {**merged.get(name, {}), **(values or {})}
+    return merged
+
+
+def study_weight_names(config: dict) -> list[str]:
+    """Weight files the study's metrics load, on every dataset (checks each dataset's metric options)."""
+    names: list[str] = []
+    for dataset in config["datasets"]:
+        try:
+            metrics = build_metrics(config["metrics"], dataset_metric_options(config, dataset), device="cpu")
+        except ConfigError as exc:
+            raise ConfigError(f"datasets.{dataset}: {exc}") from None
+        for metric in metrics:
+            names += [n for n in metric.weight_names() if n not in names]
+    return names

@@ -106,16 +106,25 @@ def _imported_ulbc_modules(module: str, path: Path) -> set[str]:
     return {name for name in with_parents if _module_path(name) is not None}
 
 
+#: Modules that only measure decoded images: they make a row's metric values, not its bitstream.
+_MEASURING_MODULES = ("ulbc.metrics", "ulbc.features")
+
+
+def _is_measuring(module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in _MEASURING_MODULES)
+
+
 @functools.lru_cache(maxsize=None)
-def _source_files(roots: tuple[str, ...]) -> tuple[Path, ...]:
+def _source_files(roots: tuple[str, ...], *, skip_measuring: bool = False) -> tuple[Path, ...]:
     """Every source file the ``roots`` modules import, directly or not (ulbc modules only; a root
-    outside ulbc, e.g. a user's codec plugin, counts with its own file)."""
+    outside ulbc, e.g. a user's codec plugin, counts with its own file). ``skip_measuring`` leaves
+    the metrics out: the code that encodes does not depend on them."""
     files: set[Path] = set()
     seen: set[str] = set()
     todo = list(roots)
     while todo:
         module = todo.pop()
-        if module in seen:
+        if module in seen or (skip_measuring and _is_measuring(module)):
             continue
         seen.add(module)
         path = _module_path(module)
@@ -140,10 +149,22 @@ def code_digest(codec_name: str) -> str:
     so Snakemake recomputes exactly the shards whose code changed; the aggregation refuses rows whose
     digest is not the current one.
     """
+    return _digest(codec_name, skip_measuring=False)
+
+
+@functools.lru_cache(maxsize=None)
+def encode_digest(codec_name: str) -> str:
+    """Fingerprint of the code that makes a codec's bitstreams: :func:`code_digest` without the
+    metrics. The encode rule takes it as a parameter, so a change to a metric re-measures every
+    shard (new code_digest) without re-encoding any (same encode digest)."""
+    return _digest(codec_name, skip_measuring=True)
+
+
+def _digest(codec_name: str, *, skip_measuring: bool) -> str:
     from .codecs import codec_class
 
     cls = codec_class(codec_name)
-    files = _source_files((cls.__module__, *_PIPELINE_MODULES))
+    files = _source_files((cls.__module__, *_PIPELINE_MODULES), skip_measuring=skip_measuring)
     sources = []
     for path in files:
         try:
@@ -155,7 +176,8 @@ def code_digest(codec_name: str) -> str:
         library = cls().version()
     except Exception:  # noqa: BLE001 - a codec unavailable here still has a code digest
         library = "unavailable"
-    return config_hash({"ulbc": __version__, "codec": codec_name, "library": library, "sources": sources})
+    return config_hash({"ulbc": __version__, "codec": codec_name, "library": library, "sources": sources,
+                        **({"part": "encode"} if skip_measuring else {})})
 
 
 @functools.lru_cache(maxsize=None)

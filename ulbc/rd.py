@@ -13,6 +13,7 @@ leaves the compared image set rather than erasing a rate point.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import warnings
@@ -24,24 +25,15 @@ import pandas as pd
 
 from .errors import ConfigError, InputError
 from .fsutil import atomic_path
+from .metrics import METRICS, all_columns
 from .schema import RD_LEVELS
 
 GROUP_KEYS = ["dataset", "method", "codec", "rate_label", "rate_value"]
-SUMMARY_COLUMNS = GROUP_KEYS + [
-    "n_items",
-    "n_failed",
-    "bpp",
-    "payload_bpp",
-    "psnr_rgb",
-    "psnr_of_mean_mse",
-    "ms_ssim_rgb",
-    "ms_ssim_db",
-    "encode_s",
-    "decode_s",
-]
-_NEEDED_ROW_COLUMNS = GROUP_KEYS + [
-    "status", "bpp", "payload_bpp", "mse_rgb", "psnr_rgb", "ms_ssim_rgb", "encode_s", "decode_s",
-]
+#: Summary columns before the metric columns, and after them.
+COUNT_COLUMNS = ["n_items", "n_failed", "n_lossless"]
+RATE_COLUMNS = ["bpp", "bpp_total", "payload_bpp"]
+TIMING_COLUMNS = ["encode_s", "decode_s"]
+_ROW_COLUMNS = GROUP_KEYS + ["status", "bpp", "payload_bpp", "bytes", "width", "height", "encode_s", "decode_s"]
 
 # Points each interpolation needs: a cubic polynomial fit through fewer than 4 points is underdetermined;
 # akima falls back to a straight line for 2 points, and pchip handles 2 points natively.
@@ -49,68 +41,162 @@ INTERPOLATIONS = {"akima": 2, "pchip": 2, "cubic": 4}
 # bjontegaard's own threshold for a warning about a thin overlap; we report it in the note instead.
 LOW_OVERLAP = 0.75
 
-METRIC_LABELS = {
-    "psnr_rgb": "PSNR, RGB, mean over items (dB)",
-    "psnr_of_mean_mse": "PSNR of the mean RGB MSE (dB)",
-    "ms_ssim_rgb": "MS-SSIM, RGB (mean over items)",
-    "ms_ssim_db": "MS-SSIM (dB) = -10·log10(1 - MS-SSIM)",
-    "bpp": "bits per pixel (bpp)",
+RATE_LABELS = {
+    "bpp": "bits per pixel (bpp), mean over items",
+    "bpp_total": "bits per pixel (bpp), total bits / total pixels",
     "payload_bpp": "codec payload bits per pixel (bpp)",
 }
-_PEAK = 255.0
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+def column_label(name: str) -> str:
+    """Axis label of a rate or metric column (from the metric registry)."""
+    if name in RATE_LABELS:
+        return RATE_LABELS[name]
+    column = all_columns().get(name)
+    return column.label if column is not None else name
+
+
+def measured_metrics(rows: pd.DataFrame) -> list[str]:
+    """Registered metrics a table of rows measured, in registry order: those named in its
+    ``metric_info`` records, or, for rows without them, those with a value in any of their columns."""
+    named: set[str] = set()
+    if "metric_info" in rows.columns:
+        for text in rows["metric_info"].dropna().unique():
+            try:
+                named.update(json.loads(text))
+            except (TypeError, ValueError):
+                continue
+    found = []
+    for name, cls in METRICS.items():
+        if name in named:
+            found.append(name)
+        elif not named and cls.level == "item" and all(c.name in rows.columns for c in cls.columns) and any(
+                rows[c.name].notna().any() for c in cls.columns):
+            found.append(name)
+    return found
+
+
+def quality_columns(metric_names: Sequence[str], *, rd_only: bool = False) -> list[str]:
+    """Summary columns of ``metric_names``: each metric's own columns, then its derived ones."""
+    out = []
+    for name in metric_names:
+        cls = METRICS[name]
+        out += [c.name for c in (*cls.columns, *cls.derived) if c.rd or not rd_only]
+    return out
+
+
+def _mean_of_column(values: pd.Series, column) -> tuple[float, int]:
+    """(mean, number of capped values): NaN if any value is NaN (a mean over a subset of the items
+    would describe another set than the other columns); +inf counted at the column's cap."""
+    values = values.astype("float64")
+    if values.isna().any() or values.empty:
+        return math.nan, 0
+    capped = 0
+    if column.cap is not None:
+        infinite = np.isposinf(values.to_numpy())
+        capped = int(infinite.sum())
+        values = values.where(~infinite, column.cap)
+    return float(values.mean()), capped
+
+
+def summarize(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
+              dataset_table: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (dataset, method, codec, rate_label, rate_value) rate point, over image and clip
     rows (frame rows are left out: each clip row already stands for its frames).
 
     ``n_items`` counts every row and ``n_failed`` those with status != "ok"; all averages are over
-    the ok rows only, so a failed item lowers neither the rate nor the quality. ``ms_ssim_rgb`` is
-    NaN if any ok item's MS-SSIM is NaN (images under 161 px on a side): a mean over the subset
-    of large images would silently describe a different set than the PSNR columns. Identical
-    reconstructions (MSE 0) give an infinite PSNR and therefore an infinite mean.
+    the ok rows only, so a failed item lowers neither the rate nor the quality. Two rates are given:
+    ``bpp`` is the mean of per-item bpp (what the BD-rates use), ``bpp_total`` the total bits over
+    the total pixels; they differ on sets of mixed sizes. Each measured metric (``metrics``, by
+    default :func:`measured_metrics`) contributes the means of its columns and its derived columns.
+    A column's mean is NaN if any ok item's value is NaN (MS-SSIM of images under 161 px on a side).
+    A lossless item (PSNR +inf) is counted at its column's cap (100 dB) and in ``n_lossless``, so
+    it keeps its rate point on the curve. Dataset-level metrics (FID, KID) come from
+    ``dataset_table`` (:func:`ulbc.features.dataset_metric_table`), measured over every ok item.
     """
-    missing = [c for c in _NEEDED_ROW_COLUMNS if c not in df.columns]
+    missing = [c for c in _ROW_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"metrics table: missing column(s) {', '.join(missing)}")
+    names = list(metrics) if metrics is not None else measured_metrics(df)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ConfigError(f"summary: unknown metric(s) {', '.join(unknown)}")
+    item_names = [n for n in names if METRICS[n].level == "item"]
+    row_columns = [c for n in item_names for c in METRICS[n].columns]
+    absent = [c.name for c in row_columns if c.name not in df.columns]
+    if absent:
+        raise InputError(f"metrics table: missing column(s) {', '.join(absent)}")
     if "level" in df.columns:
         # Frames of a clip are summarised by the clip's own row, never counted as items.
         df = df[df["level"].isin(RD_LEVELS) | df["level"].isna()]
-    frame = df[_NEEDED_ROW_COLUMNS].copy()
+    frames = df["frames"] if "frames" in df.columns else pd.Series(1, index=df.index)
+    work = df[_ROW_COLUMNS + [c.name for c in row_columns]].copy()
+    work["_pixels"] = (work["width"].astype("float64") * work["height"].astype("float64")
+                       * frames.fillna(1).astype("float64"))
     # A missing status counts as failed: only rows that say "ok" carry trustworthy metrics.
-    frame["_failed"] = (~frame["status"].eq("ok").fillna(False).astype(bool)).astype("int64")
-    counts = frame.groupby(GROUP_KEYS, dropna=False, sort=False).agg(
-        n_items=("_failed", "size"), n_failed=("_failed", "sum")
-    )
+    work["_ok"] = work["status"].eq("ok").fillna(False).astype(bool)
+    instances = {n: METRICS[n]() for n in item_names}
+    out = []
+    for key, part in work.groupby(GROUP_KEYS, dropna=False, sort=False):
+        ok = part[part["_ok"]]
+        record = dict(zip(GROUP_KEYS, key), n_items=len(part), n_failed=int((~part["_ok"]).sum()))
+        lossless = np.zeros(len(ok), dtype=bool)
+        bits = 8.0 * ok["bytes"].astype("float64")
+        record["bpp"] = float(ok["bpp"].mean()) if len(ok) else math.nan
+        record["bpp_total"] = float(bits.sum() / ok["_pixels"].sum()) if len(ok) and bits.notna().all() else math.nan
+        record["payload_bpp"] = float(ok["payload_bpp"].mean()) if len(ok) else math.nan
+        for name in item_names:
+            means = {}
+            for column in METRICS[name].columns:
+                means[column.name], _ = _mean_of_column(ok[column.name], column)
+                if column.cap is not None:
+                    lossless |= np.isposinf(ok[column.name].astype("float64").to_numpy())
+            record.update(means)
+            record.update(instances[name].derive(means))
+        record["n_lossless"] = int(lossless.sum())
+        record["encode_s"] = float(ok["encode_s"].mean()) if len(ok) else math.nan
+        record["decode_s"] = float(ok["decode_s"].mean()) if len(ok) else math.nan
+        out.append(record)
+    quality = quality_columns(item_names)
+    summary = pd.DataFrame(out, columns=GROUP_KEYS + COUNT_COLUMNS + RATE_COLUMNS + quality + TIMING_COLUMNS)
+    dataset_names = [n for n in names if METRICS[n].level == "dataset"]
+    if dataset_names:
+        summary = _join_dataset_metrics(summary, dataset_table, dataset_names)
+    for column in COUNT_COLUMNS:
+        summary[column] = summary[column].astype("int64")
+    summary = summary.sort_values(["dataset", "method", "bpp", "rate_value"], na_position="last", kind="mergesort")
+    return summary.reset_index(drop=True)
 
-    ok = frame[frame["_failed"] == 0].copy()
-    ok["_ms_ssim_nan"] = ok["ms_ssim_rgb"].isna().astype("int64")
-    means = ok.groupby(GROUP_KEYS, dropna=False, sort=False).agg(
-        bpp=("bpp", "mean"),
-        payload_bpp=("payload_bpp", "mean"),
-        psnr_rgb=("psnr_rgb", "mean"),
-        _mean_mse=("mse_rgb", "mean"),
-        ms_ssim_rgb=("ms_ssim_rgb", "mean"),
-        _ms_ssim_nan=("_ms_ssim_nan", "sum"),
-        encode_s=("encode_s", "mean"),
-        decode_s=("decode_s", "mean"),
-    )
-    out = counts.join(means, how="left").reset_index()
-    out["ms_ssim_rgb"] = out["ms_ssim_rgb"].where(out["_ms_ssim_nan"].fillna(0) == 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["psnr_of_mean_mse"] = 10.0 * np.log10(_PEAK**2 / out["_mean_mse"].astype("float64"))
-        out["ms_ssim_db"] = -10.0 * np.log10(1.0 - out["ms_ssim_rgb"].astype("float64"))
-    out["n_items"] = out["n_items"].astype("int64")
-    out["n_failed"] = out["n_failed"].astype("int64")
-    out = out[SUMMARY_COLUMNS]
-    out = out.sort_values(["dataset", "method", "bpp", "rate_value"], na_position="last", kind="mergesort")
-    return out.reset_index(drop=True)
+
+def _join_dataset_metrics(summary: pd.DataFrame, table: pd.DataFrame | None, names: Sequence[str]) -> pd.DataFrame:
+    """The summary with the dataset-level metric columns (and their note) of each rate point."""
+    if table is None:
+        raise InputError(f"summary: metric(s) {', '.join(names)} are measured per dataset; "
+                         "pass their table (dataset_metrics.parquet)")
+    columns = quality_columns(names)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(f"dataset-metrics table: missing column(s) {', '.join(missing)}")
+    extra = table[GROUP_KEYS + columns + ["note"]].rename(columns={"note": "dataset_metric_note"})
+    merged = summary.merge(extra, on=GROUP_KEYS, how="left")
+    order = [c for c in summary.columns if c not in TIMING_COLUMNS] + columns + TIMING_COLUMNS + ["dataset_metric_note"]
+    merged["dataset_metric_note"] = merged["dataset_metric_note"].fillna("")
+    return merged[order]
+
+
+def _lower_is_better(metric: str) -> bool:
+    column = all_columns().get(metric)
+    return column is not None and column.lower_is_better
 
 
 def _curve(points: pd.DataFrame, metric: str, rate: str) -> tuple[np.ndarray, np.ndarray]:
-    """Finite, positive-rate points of one method, ordered by rate."""
+    """Finite, positive-rate points of one method, ordered by rate. Quality is oriented so that
+    higher is better (a lower-is-better metric such as LPIPS or FID is negated): BD-rate is then
+    the rate change at equal metric value whichever way the metric points."""
     rates = points[rate].to_numpy(dtype="float64")
     quality = points[metric].to_numpy(dtype="float64")
+    if _lower_is_better(metric):
+        quality = -quality
     keep = np.isfinite(rates) & (rates > 0) & np.isfinite(quality)
     order = np.argsort(rates[keep], kind="mergesort")
     return rates[keep][order], quality[keep][order]
@@ -119,11 +205,37 @@ def _curve(points: pd.DataFrame, metric: str, rate: str) -> tuple[np.ndarray, np
 def _curve_problem(rates: np.ndarray, quality: np.ndarray, min_points: int, who: str) -> str | None:
     if len(rates) < min_points:
         return f"{who} has {len(rates)} valid point(s), fewer than the {min_points} needed"
-    # bjontegaard interpolates log-rate as a function of quality, so quality must rise strictly
+    # bjontegaard interpolates log-rate as a function of quality, so quality must improve strictly
     # with rate; a dip or a plateau would make that function multi-valued.
     if np.any(np.diff(rates) <= 0) or np.any(np.diff(quality) <= 0):
-        return f"{who} curve is not strictly monotonic (quality must rise with rate)"
+        return f"{who} curve is not strictly monotonic (quality must improve with rate)"
     return None
+
+
+def _bd_quality(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                interpolation: str) -> tuple[float, str | None]:
+    """Mean oriented-quality difference of test over anchor at matched rate (the BD-PSNR idea applied
+    to any metric), over the overlapping log-rate range; (value, note)."""
+    import bjontegaard as bd
+
+    (a_rate, a_q), (t_rate, t_q) = anchor, test
+    low, high = max(a_rate.min(), t_rate.min()), min(a_rate.max(), t_rate.max())
+    if not high > low:
+        return math.nan, "no rate overlap for the quality difference at matched bpp"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = float(bd.bd_psnr(a_rate, a_q, t_rate, t_q, method=interpolation,
+                                     require_matching_points=False, min_overlap=0))
+    except (ValueError, AssertionError, np.linalg.LinAlgError) as exc:
+        return math.nan, f"bjontegaard failed at matched bpp ({' '.join(str(exc).split()) or type(exc).__name__})"
+    if not math.isfinite(value):
+        return math.nan, "bjontegaard returned a non-finite quality difference"
+    joint = math.log(max(a_rate.max(), t_rate.max()) / min(a_rate.min(), t_rate.min()))
+    note = None
+    if joint > 0 and math.log(high / low) / joint < LOW_OVERLAP:
+        note = f"rate overlap only {100 * math.log(high / low) / joint:.0f}% of the joint log-rate range"
+    return value, note
 
 
 def _bd_value(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
@@ -181,24 +293,30 @@ def _excluded_note(excluded: list) -> str:
 
 def _metric_cells(points: pd.DataFrame, anchor_points: pd.DataFrame | None, *, is_anchor: bool, anchor: str,
                   metrics: Sequence[str], rate: str, interpolation: str) -> tuple[dict, list[str]]:
-    """The bd_rate_/overlap_ cells of one table row, and the per-metric notes."""
+    """The bd_rate_/bd_/overlap_ cells of one table row, and the per-metric notes."""
     min_points = INTERPOLATIONS[interpolation]
     cells: dict = {}
     metric_notes: dict[str, list[str]] = {}  # note -> metrics it applies to, first-seen order
     for metric in metrics:
-        value, low, high = math.nan, math.nan, math.nan
+        value, low, high, at_rate = math.nan, math.nan, math.nan, math.nan
         note = None
         if anchor_points is not None:
             test = _curve(points, metric, rate)
             ref = _curve(anchor_points, metric, rate)
             note = _curve_problem(*ref, min_points, f"anchor {anchor}")
             if note is None and is_anchor:
-                value, low, high = 0.0, float(ref[1].min()), float(ref[1].max())
+                value, at_rate, low, high = 0.0, 0.0, float(ref[1].min()), float(ref[1].max())
             elif note is None:
                 note = _curve_problem(*test, min_points, "method")
                 if note is None:
                     value, low, high, note = _bd_value(ref, test, interpolation)
+                    at_rate, rate_note = _bd_quality(ref, test, interpolation)
+                    note = "; ".join(n for n in (note, rate_note) if n) or None
+        if _lower_is_better(metric):
+            # Back from the negated curve to the metric's own units (and sign of difference).
+            low, high, at_rate = -high, -low, -at_rate
         cells[f"bd_rate_{metric}"] = value
+        cells[f"bd_{metric}"] = at_rate
         cells[f"overlap_low_{metric}"] = low
         cells[f"overlap_high_{metric}"] = high
         if note:
@@ -206,15 +324,17 @@ def _metric_cells(points: pd.DataFrame, anchor_points: pd.DataFrame | None, *, i
     return cells, [f"{', '.join(names)}: {note}" for note, names in metric_notes.items()]
 
 
-def _rows_by_item(rows: pd.DataFrame, anchor: str):
+def _rows_by_item(rows: pd.DataFrame, anchor: str, metric_names: Sequence[str], dataset_table: pd.DataFrame | None):
     """(dataset, method, method points, anchor points or None, n_items, excluded items, notes) per
     table row, from per-item rows restricted to the items ok at every rate point of both curves."""
-    missing = [c for c in _NEEDED_ROW_COLUMNS + ["item"] if c not in rows.columns]
+    row_metrics = [c.name for n in metric_names if METRICS[n].level == "item" for c in METRICS[n].columns]
+    missing = [c for c in _ROW_COLUMNS + ["item"] + row_metrics if c not in rows.columns]
     if missing:
         raise InputError(f"metrics table: missing column(s) {', '.join(missing)}")
     if "level" in rows.columns:
         rows = rows[rows["level"].isin(RD_LEVELS) | rows["level"].isna()]
-    rows = rows[_NEEDED_ROW_COLUMNS + ["item"]]  # fewer columns to copy when subsetting large tables
+    # Fewer columns to copy when subsetting large tables.
+    rows = rows[_ROW_COLUMNS + ["item"] + [c for c in ("frames",) if c in rows.columns] + row_metrics]
     for dataset, part in rows.groupby("dataset", sort=True):
         by_method = {method: _ok_items(group) for method, group in part.groupby("method", sort=True)}
         methods = list(by_method)
@@ -241,7 +361,8 @@ def _rows_by_item(rows: pd.DataFrame, anchor: str):
                                                                      and method != anchor else ""))
             elif excluded:
                 notes.append(_excluded_note(excluded))
-            summary = summarize(ok_rows[ok_rows["item"].isin(common)])
+            summary = summarize(ok_rows[ok_rows["item"].isin(common)], metrics=metric_names,
+                                dataset_table=dataset_table)
             anchor_points = summary[summary["method"] == anchor] if has_anchor else None
             yield dataset, method, summary[summary["method"] == method], anchor_points, len(common), excluded, notes
 
@@ -268,13 +389,21 @@ def bd_rate_table(
     table: pd.DataFrame,
     anchor: str,
     *,
-    metrics: Sequence[str] = ("psnr_rgb", "psnr_of_mean_mse", "ms_ssim_db"),
+    metrics: Sequence[str] | None = None,
     interpolation: str = "akima",
     rate: str = "bpp",
+    dataset_table: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Bjøntegaard delta rate (%) of every method against ``anchor``, per dataset and metric.
+    """Bjøntegaard delta rate (%) of every method against ``anchor``, per dataset and metric column.
 
-    Negative means fewer bits than the anchor at equal quality. ``table`` is normally the per-item
+    Negative means fewer bits than the anchor at equal quality; for a lower-is-better metric (LPIPS,
+    FID) "equal quality" is an equal metric value, the curve being oriented before integration.
+    ``metrics`` names summary columns; by default every RD column (:class:`ulbc.metrics.Column`
+    ``rd``) of the metrics the rows measured. ``bd_<column>`` is the companion at matched rate: the
+    mean difference of the metric itself (method minus anchor, in the metric's units) over the
+    overlapping bpp range; it stays defined where quality ranges barely overlap, as they often do at
+    ultra-low rates. Dataset-level metrics (FID, KID) need ``dataset_table``; they are measured
+    over every ok item of a rate point, not over the common item set. ``table`` is normally the per-item
     rows of a metrics file: for each (dataset, method) the BD-rate is then computed over the items
     that are ok at every rate point of both the method and the anchor (a common item set, so the two
     curves describe the same images); a failed item is left out of both curves rather than erasing
@@ -285,14 +414,24 @@ def bd_rate_table(
 
     Points whose metric is NaN or infinite are dropped for that metric only. Each value is NaN with
     a reason in ``note`` when it cannot be computed. ``overlap_low_*``/``overlap_high_*`` give the
-    quality interval the integral runs over. ``rate`` picks the rate column: ``bpp`` counts the
-    whole file, ``payload_bpp`` only the codec's stream.
+    quality interval the integral runs over. ``rate`` picks the rate column: ``bpp`` is the mean of
+    per-item bpp (the default), ``bpp_total`` total bits over total pixels, ``payload_bpp`` only the
+    codec's stream.
     """
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"BD interpolation {interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}")
-    metrics = list(metrics)
     by_item = "item" in table.columns
-    available = SUMMARY_COLUMNS if by_item else table.columns
+    if by_item:
+        names = measured_metrics(table)
+        if dataset_table is None:
+            names = [n for n in names if METRICS[n].level == "item"]
+        available = GROUP_KEYS + RATE_COLUMNS + quality_columns(names)
+        metrics = list(metrics) if metrics is not None else quality_columns(names, rd_only=True)
+    else:
+        names = []
+        available = list(table.columns)
+        metrics = list(metrics) if metrics is not None else [
+            c for c in quality_columns(list(METRICS), rd_only=True) if c in table.columns]
     unknown = [m for m in metrics + [rate] if m not in available]
     if unknown:
         raise ConfigError(f"BD-rate: summary has no column(s) {', '.join(unknown)}")
@@ -303,7 +442,7 @@ def bd_rate_table(
         )
 
     out = []
-    groups = _rows_by_item(table, anchor) if by_item else _rows_by_point(table, anchor)
+    groups = _rows_by_item(table, anchor, names, dataset_table) if by_item else _rows_by_point(table, anchor)
     for dataset, method, points, anchor_points, n_items, excluded, notes in groups:
         cells, metric_notes = _metric_cells(points, anchor_points, is_anchor=method == anchor, anchor=anchor,
                                             metrics=metrics, rate=rate, interpolation=interpolation)
@@ -316,6 +455,7 @@ def bd_rate_table(
     columns = (
         ["dataset", "method", "anchor", "interpolation"]
         + [f"bd_rate_{m}" for m in metrics]
+        + [f"bd_{m}" for m in metrics]
         + ["n_points", "n_points_anchor", "n_items", "n_excluded"]
         + [f"overlap_{side}_{m}" for m in metrics for side in ("low", "high")]
         + ["note"]
@@ -366,8 +506,8 @@ def plot_rd(
     fig = Figure(figsize=(5.6 * ncols, 4.4 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    y_label = METRIC_LABELS.get(metric, metric)
-    x_label = METRIC_LABELS.get(rate, rate)
+    y_label = column_label(metric)
+    x_label = column_label(rate)
     # One colour per method across all panels, so a method is recognisable from panel to panel.
     others = sorted(m for m in summary["method"].dropna().unique().tolist() if m != anchor)
     palette = colormaps["tab10" if len(others) <= 10 else "tab20"]
@@ -403,7 +543,8 @@ def plot_rd(
             ax.grid(True, which="both", alpha=0.3)
         else:
             ax.text(0.5, 0.5, f"no finite {metric} values", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(f"{dataset if dataset is not None else 'no results'}: {metric} vs {rate}")
+        better = " (lower is better)" if _lower_is_better(metric) else ""
+        ax.set_title(f"{dataset if dataset is not None else 'no results'}: {metric} vs {rate}{better}")
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
     for ax in axes[len(datasets):]:
@@ -455,3 +596,84 @@ def write_table(df: pd.DataFrame, out_path: str | os.PathLike, *, notice: str | 
         raise ConfigError(f"{out_path}: table format must be .csv or .html")
     with atomic_path(out_path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+#: Folder of a study's RD plots (one PNG and one SVG per RD column), under its results folder.
+PLOTS_DIR = "rd"
+
+
+def rd_columns(summary: pd.DataFrame) -> list[str]:
+    """The RD columns of a summary, in registry order: what gets a plot and a BD-rate."""
+    return [c for c in quality_columns(list(METRICS), rd_only=True) if c in summary.columns]
+
+
+def study_notes(summary: pd.DataFrame) -> list[str]:
+    """What a reader of the tables must know: the rate convention, lossless items, dataset-level notes."""
+    notes = ["BD-rates use bpp = the mean of per-item bpp; bpp_total (total bits / total pixels) is in the summary"]
+    lossless = summary[summary["n_lossless"] > 0]
+    if len(lossless):
+        where = ", ".join(f"{r.method} {r.rate_label} ({r.n_lossless})" for r in lossless.itertuples())
+        capped = {c.name: c.cap for c in all_columns().values() if c.cap is not None and c.name in summary.columns}
+        caps = ", ".join(f"{name} at {cap:g} dB" for name, cap in capped.items())
+        notes.append(f"lossless items (PSNR = inf) are averaged with {caps}, so their rate points stay on the "
+                     f"curves: {where}")
+    if "dataset_metric_note" in summary.columns:
+        for r in summary[summary["dataset_metric_note"] != ""].itertuples():
+            notes.append(f"{r.dataset} {r.method} {r.rate_label}: {r.dataset_metric_note}")
+    return notes
+
+
+def metric_definitions(frame: pd.DataFrame, dataset_table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per column of the metrics a study measured: what it is, which way is better, whether
+    it is BD-rated, and the settings recorded with the results (options, weight files by sha256)."""
+    infos: dict[str, set[str]] = {}
+    sources = [frame["metric_info"]] if "metric_info" in frame.columns else []
+    if dataset_table is not None and "metric_info" in dataset_table.columns:
+        sources.append(dataset_table["metric_info"])
+    for series in sources:
+        for text in series.dropna().unique():
+            try:
+                record = json.loads(text)
+            except (TypeError, ValueError):
+                continue
+            if not isinstance(record, dict):
+                continue
+            for name, info in record.items():
+                infos.setdefault(name, set()).add(json.dumps(info, sort_keys=True))
+    names = measured_metrics(frame)
+    if dataset_table is not None:
+        names += [n for n in infos if n in METRICS and METRICS[n].level == "dataset" and n not in names]
+    rows = []
+    for name in names:
+        cls = METRICS[name]
+        for column in (*cls.columns, *cls.derived):
+            rows.append({"metric": name, "column": column.name, "label": column.label,
+                         "level": "dataset" if cls.level == "dataset" else ("summary" if column in cls.derived
+                                                                             else "item"),
+                         "better": column.direction, "bd_rated": column.rd, "description": cls.description,
+                         "settings": " | ".join(sorted(infos.get(name, ())))})
+    return pd.DataFrame(rows, columns=["metric", "column", "label", "level", "better", "bd_rated", "description",
+                                       "settings"])
+
+
+def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str, interpolation: str = "akima",
+                  dataset_table: pd.DataFrame | None = None, notice: str | None = None):
+    """Summary, BD-rate table (CSV and HTML) and one RD plot per RD column of the measured metrics.
+
+    Returns (summary, BD-rate table, notes); the notes also head the HTML tables."""
+    out = Path(outdir)
+    summary = summarize(frame, dataset_table=dataset_table)
+    notes = study_notes(summary)
+    text = "; ".join(([notice] if notice else []) + notes)
+    write_table(summary, out / "summary.csv", notice=notice)
+    write_table(summary, out / "summary.html", notice=text)
+    # Per-item rows: the BD-rate keeps the items ok at every rate point of method and anchor.
+    table = bd_rate_table(frame, anchor, interpolation=interpolation, dataset_table=dataset_table)
+    write_table(table, out / "bdrate.csv", notice=notice)
+    write_table(table, out / "bdrate.html", notice=text)
+    write_table(metric_definitions(frame, dataset_table), out / "metric_definitions.html")
+    plots = out / PLOTS_DIR
+    plots.mkdir(parents=True, exist_ok=True)
+    for column in rd_columns(summary):
+        plot_rd(summary, [plots / f"{column}.png", plots / f"{column}.svg"], metric=column, anchor=anchor)
+    return summary, table, notes

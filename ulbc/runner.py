@@ -32,14 +32,16 @@ from .errors import InputError, UlbcError
 from .fsutil import atomic_path
 from .imageio import decode_png_bytes, encode_png, load_rgb
 from .manifest import clip_hash, read_manifest, shard_rows
-from .metrics import compute_metrics
+from .metrics import Metric, build_metrics, compute_metrics, item_columns
 from .pack import PackReader, bitstream_entry, decoded_entry, decoded_frame_entry, write_pack
-from .provenance import (canonical_json, code_digest, derive_seed, describe_device, git_commit, library_versions,
+from .provenance import (canonical_json, code_digest, derive_seed, describe_device, encode_digest, git_commit,
+                         library_versions,
                          resolve_device)
 from .schema import BITSTREAM_STAT_COLUMNS, METRIC_ROW_SCHEMA
+from .features import FeatureCollector
 
-#: Encode-log metadata key holding the code digest the shard was encoded under.
-CODE_DIGEST_KEY = "code_digest"
+#: Encode-log metadata key holding the encode digest (provenance.encode_digest) the shard was encoded under.
+CODE_DIGEST_KEY = "encode_digest"
 ENCODE_LOG_SCHEMA = pa.schema(
     [
         ("item", pa.string()),
@@ -183,7 +185,7 @@ def encode_shard(
     dev = resolve_device(device, codec.uses_gpu)
     dev_name = describe_device(dev)
     version = codec.version()
-    digest = code_digest(spec.codec)  # the code this run encodes with, recorded in the log
+    digest = encode_digest(spec.codec)  # the code this run encodes with, recorded in the log
     load = load_clip_verified if codec.media == "video" else load_verified
     entries: dict[str, bytes] = {}
     log: dict[str, dict] = {}
@@ -369,9 +371,11 @@ def decode_shard(
     return count
 
 
-def _clip_metrics(root: Path, row, record: dict, pack: PackReader, decoded_pack, metrics) -> list[dict]:
+def _clip_metrics(root: Path, row, record: dict, pack: PackReader, decoded_pack, metrics: list[Metric],
+                  collector: FeatureCollector | None) -> list[dict]:
     """Per-frame metrics of a decoded clip: fills the clip row (mean over frames: the usual video
-    PSNR is the mean of per-frame PSNR) and returns one row per frame."""
+    PSNR is the mean of per-frame PSNR) and returns one row per frame. Dataset-level metrics see
+    every frame of the clip."""
     paths = clip_frame_paths(root, row)
     _, originals = load_clip_verified(root, row)
     frame_rows, keys = [], []
@@ -381,6 +385,8 @@ def _clip_metrics(root: Path, row, record: dict, pack: PackReader, decoded_pack,
             raise InputError(f"{decoded_pack}: clip {row.item!r} has no decoded frame {index}")
         decoded = decode_png_bytes(pack.read(entry), f"{decoded_pack}:{entry}")
         values = compute_metrics(metrics, original, decoded)
+        if collector is not None:
+            collector.add(row.item, original, decoded)
         keys = list(values)
         frame_rows.append(dict(record, item=f"{row.item}/{path.stem}", level="frame", frames=1, bytes=None,
                                payload_bytes=None, bpp=math.nan, payload_bpp=math.nan, encode_s=math.nan,
@@ -402,11 +408,24 @@ def metrics_shard(
     out_path: str | os.PathLike,
     *,
     metrics: Iterable[str] = ("psnr", "ms-ssim"),
+    metric_options: dict[str, dict] | None = None,
+    features_out: str | os.PathLike | None = None,
+    device: str = "cpu",
     config_hash: str = "",
     progress: bool = True,
 ) -> int:
-    """Compare decoded images with the originals and write the shard's result rows (one Parquet)."""
-    metrics = tuple(metrics)
+    """Compare decoded images with the originals and write the shard's result rows (one Parquet).
+
+    Item metrics fill the rows; dataset-level metrics (FID, KID) need ``features_out``, where the
+    features of the shard's ok items are stored for :func:`ulbc.features.dataset_metric_table`.
+    """
+    instances = build_metrics(metrics, metric_options, device=device)
+    item_metrics = [m for m in instances if m.level == "item"]
+    distribution_metrics = [m for m in instances if m.level == "dataset"]
+    if distribution_metrics and features_out is None:
+        names = ", ".join(m.name for m in distribution_metrics)
+        raise InputError(f"{out_path}: metric(s) {names} are measured per dataset and need a features file "
+                         "(--features-out)")
     manifest, root, dataset = read_manifest(manifest_path)
     rows = shard_rows(manifest, shard, items_per_job)
     codec = spec.build()
@@ -414,10 +433,10 @@ def metrics_shard(
     enc = _read_log(encode_log, ENCODE_LOG_SCHEMA)
     dec = _read_log(decode_log, DECODE_LOG_SCHEMA)
     digest = code_digest(spec.codec)
-    encoded_by = _encoding_code_digest(encode_log)
-    if encoded_by != digest:
+    encoded_by, encoder = _encoding_code_digest(encode_log), encode_digest(spec.codec)
+    if encoded_by != encoder:
         raise InputError(f"{encode_log}: the shard was encoded by other code (digest {encoded_by or 'none'}, "
-                         f"current {digest}); encode it again")
+                         f"current {encoder}); encode it again")
     common = dict(
         dataset=dataset,
         method=spec.method,
@@ -431,8 +450,12 @@ def metrics_shard(
         git_commit=git_commit(),
         config_hash=config_hash,
         library_versions=canonical_json(library_versions()),
+        metric_info=canonical_json({m.name: m.info() for m in instances}),
     )
-    empty_metrics = {"mse_rgb": math.nan, "psnr_rgb": math.nan, "ms_ssim_rgb": math.nan}
+    # Not measured: null. Measured but undefined or the item failed: NaN.
+    empty_metrics = dict.fromkeys(c.name for c in item_columns())
+    empty_metrics.update({c.name: math.nan for m in item_metrics for c in m.columns})
+    collector = FeatureCollector(distribution_metrics) if distribution_metrics else None
     video_codec = codec.media == "video"
     out: list[dict] = []
     with PackReader(decoded_pack) as pack:
@@ -468,16 +491,22 @@ def metrics_shard(
                     record.update(payload_bytes=d["payload_bytes"], payload_bpp=8.0 * d["payload_bytes"] / pixels,
                                   **{k: d[k] for k in BITSTREAM_STAT_COLUMNS})
                     if is_clip:
-                        frame_records = _clip_metrics(root, row, record, pack, decoded_pack, metrics)
+                        frame_records = _clip_metrics(root, row, record, pack, decoded_pack, item_metrics,
+                                                      collector)
                     else:
                         _, original = load_verified(root, row)
                         entry = decoded_entry(row.item)
                         if entry not in pack and decoded_frame_entry(row.item, 0) in pack:
                             entry = decoded_frame_entry(row.item, 0)  # an image coded as a one-frame clip
                         decoded = decode_png_bytes(pack.read(entry), f"{decoded_pack}:{row.item}")
-                        record.update(compute_metrics(metrics, original, decoded), status="ok", error="")
+                        record.update(compute_metrics(item_metrics, original, decoded), status="ok", error="")
+                        if collector is not None:
+                            collector.add(row.item, original, decoded)
             out.append(record)
             out.extend(frame_records)
+    if collector is not None:
+        collector.write(features_out, {key: common[key] for key in ("dataset", "method", "codec", "rate_label",
+                                                                     "rate_value", "code_digest", "metric_info")})
     _write_table(out, METRIC_ROW_SCHEMA, out_path, metadata={"ulbc_version": __version__, "git_commit": git_commit(),
                                                              "config_hash": config_hash})
     return len(out)
@@ -493,6 +522,8 @@ def evaluate_shard(
     out_path: str | os.PathLike,
     *,
     metrics: Iterable[str] = ("psnr", "ms-ssim"),
+    metric_options: dict[str, dict] | None = None,
+    features_out: str | os.PathLike | None = None,
     config_hash: str = "",
     device: str = "auto",
     on_error: str = "fail",
@@ -506,4 +537,5 @@ def evaluate_shard(
         decoded, decode_log = Path(tmp) / "decoded.zip", Path(tmp) / "decode.parquet"
         decode_shard(pack_path, decoded, decode_log, device=device, on_error=on_error, progress=progress)
         return metrics_shard(manifest_path, shard, items_per_job, spec, encode_log, decode_log, decoded, out_path,
-                             metrics=metrics, config_hash=config_hash, progress=progress)
+                             metrics=metrics, metric_options=metric_options, features_out=features_out,
+                             device=device, config_hash=config_hash, progress=progress)

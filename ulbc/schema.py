@@ -1,7 +1,11 @@
 """The fixed schema of result rows: the contract between shard jobs and the aggregation.
 
-One row per (dataset, item, method, rate point). Metric columns are NaN when a metric is undefined
-for the item (MS-SSIM on images under 161 pixels on a side) or when ``status`` is not "ok".
+One row per (dataset, item, method, rate point). The metric columns are those of every per-item
+metric in the registry (:mod:`ulbc.metrics`), in registration order; a column is null when its
+metric was not measured in the study, and NaN when it is undefined for the item (MS-SSIM on images
+under 161 pixels on a side) or ``status`` is not "ok". ``metric_info`` records, per metric measured, its options and
+the sha256 of each weight file it loaded. Distribution metrics (FID, KID) have no per-item value;
+they live in a per-rate-point table of their own (:data:`DATASET_METRIC_SCHEMA`).
 
 Video datasets add two kinds of rows, told apart by ``level``: ``frame`` rows (one per frame, item
 ``<clip>/<frame>``) and ``clip`` rows (one per clip: its bits over all its frames, the mean of its
@@ -13,6 +17,12 @@ and NaN bpp. Summaries and BD-rates use ``image`` and ``clip`` rows only.
 from __future__ import annotations
 
 import pyarrow as pa
+
+from .metrics import dataset_metrics, item_columns
+
+_ARROW_TYPES = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string()}
+#: The metric columns of a row, derived from the registry.
+METRIC_COLUMNS = tuple(column.name for column in item_columns())
 
 METRIC_ROW_SCHEMA = pa.schema(
     [
@@ -30,9 +40,9 @@ METRIC_ROW_SCHEMA = pa.schema(
         pa.field("payload_bytes", pa.int64()),  # the codec's own stream only
         pa.field("bpp", pa.float64()),  # 8 * bytes / (width * height)
         pa.field("payload_bpp", pa.float64()),
-        pa.field("mse_rgb", pa.float64()),
-        pa.field("psnr_rgb", pa.float64()),
-        pa.field("ms_ssim_rgb", pa.float64()),
+    ]
+    + [pa.field(column.name, _ARROW_TYPES[column.dtype]) for column in item_columns()]
+    + [
         pa.field("encode_s", pa.float64()),
         pa.field("decode_s", pa.float64()),
         pa.field("device", pa.string()),
@@ -45,6 +55,7 @@ METRIC_ROW_SCHEMA = pa.schema(
         pa.field("git_commit", pa.string()),
         pa.field("config_hash", pa.string()),
         pa.field("library_versions", pa.string()),  # JSON {package: version}
+        pa.field("metric_info", pa.string()),  # JSON {metric: {options, weights: {name: sha256}}}
         # Read from the bitstream by codecs that report them (null otherwise): the rate split of the
         # overfitted codecs (network parameters, LotteryCodec mask, latents; the rest of 8*bytes is
         # headers) and the decoder's multiply-accumulates per pixel.
@@ -65,5 +76,15 @@ RD_LEVELS = ("image", "clip")
 
 BITSTREAM_STAT_COLUMNS = ("bits_nn", "bits_mask", "bits_latent", "macs_per_pixel")
 
-METRIC_COLUMNS = ("psnr_rgb", "ms_ssim_rgb")
 TIMING_COLUMNS = ("encode_s", "decode_s")
+
+#: Keys of a rate point: what a distribution metric (FID, KID) is measured over.
+RATE_POINT_KEYS = ("dataset", "method", "codec", "rate_label", "rate_value")
+#: One row per (dataset, method, rate point) with the values of the dataset-level metrics; ``n_items``
+#: ok items were measured; ``note`` says why a value is NaN.
+DATASET_METRIC_SCHEMA = pa.schema(
+    [pa.field(key, pa.float64() if key == "rate_value" else pa.string()) for key in RATE_POINT_KEYS]
+    + [pa.field("n_items", pa.int64())]
+    + [pa.field(column.name, _ARROW_TYPES[column.dtype]) for cls in dataset_metrics() for column in cls.columns]
+    + [pa.field("metric_info", pa.string()), pa.field("code_digest", pa.string()), pa.field("note", pa.string())]
+)

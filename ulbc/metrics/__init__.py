@@ -1,36 +1,79 @@
-"""Metric registry: name -> function(reference, reconstruction) -> {column: value}.
+"""Metric registry: one module per metric, each a :class:`~ulbc.metrics.base.Metric` subclass.
 
-Each metric takes two (H, W, 3) uint8 RGB arrays of equal shape and returns the columns it fills in
-the result row. Later issues add LPIPS, DISTS, FID on patches, FLIP and task accuracy here.
+The registry, not hand-kept lists, drives the row schema (:mod:`ulbc.schema`), summaries, BD-rate
+tables, RD plots and the report. ``ulbc metrics`` lists what is registered.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Iterable
 
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from .base import Column, Metric, check_values
 
-MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
-METRICS: dict[str, MetricFn] = {}
-
-
-def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
-    def wrap(fn: MetricFn) -> MetricFn:
-        if name in METRICS:
-            raise ValueError(f"metric {name!r} registered twice")
-        METRICS[name] = fn
-        return fn
-
-    return wrap
+METRICS: dict[str, type[Metric]] = {}
+#: Column name -> the metric that writes it, across the whole registry (a name is owned once).
+_COLUMN_OWNERS: dict[str, str] = {}
 
 
-def get_metric(name: str) -> MetricFn:
+def register_metric(cls: type[Metric]) -> type[Metric]:
+    """Class decorator: add a metric to the registry (its name and column names must be new)."""
+    if not cls.name or cls.name in METRICS:
+        raise ValueError(f"metric {cls.name!r}: missing or registered twice")
+    if cls.level not in ("item", "dataset"):
+        raise ValueError(f"metric {cls.name!r}: level must be 'item' or 'dataset'")
+    for column in (*cls.columns, *cls.derived):
+        owner = _COLUMN_OWNERS.get(column.name)
+        if owner is not None and owner != cls.name:
+            raise ValueError(f"metric {cls.name!r}: column {column.name!r} already belongs to metric {owner!r}")
+    for column in (*cls.columns, *cls.derived):
+        _COLUMN_OWNERS[column.name] = cls.name
+    METRICS[cls.name] = cls
+    return cls
+
+
+def metric_class(name: str) -> type[Metric]:
     try:
         return METRICS[name]
     except KeyError:
         raise ConfigError(f"unknown metric {name!r}; registered metrics: {', '.join(sorted(METRICS))}") from None
+
+
+
+
+def item_metrics() -> list[type[Metric]]:
+    return [cls for cls in METRICS.values() if cls.level == "item"]
+
+
+def dataset_metrics() -> list[type[Metric]]:
+    return [cls for cls in METRICS.values() if cls.level == "dataset"]
+
+
+def item_columns() -> list[Column]:
+    """Every per-item column of the registry, in registration order: the metric part of the row schema."""
+    return [column for cls in item_metrics() for column in cls.columns]
+
+
+def all_columns() -> dict[str, Column]:
+    """Every column (row, dataset-level and derived) by name."""
+    return {column.name: column for cls in METRICS.values() for column in (*cls.columns, *cls.derived)}
+
+
+def build_metrics(names: Iterable[str], options: dict[str, dict[str, Any]] | None = None, *,
+                  device: str = "cpu") -> list[Metric]:
+    """Instances of the named metrics with their options (``{metric: {option: value}}``). ``device``
+    is the study's (auto, cpu, cuda, cuda:N): metrics that use the GPU run there, the others on the CPU."""
+    from ..provenance import resolve_device
+
+    options = options or {}
+    names = list(dict.fromkeys(names))
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ConfigError(f"metric_options: {', '.join(unknown)} not among the metrics measured ({', '.join(names)})")
+    classes = [metric_class(name) for name in names]
+    return [cls(device=resolve_device(device, cls.uses_gpu), **dict(options.get(cls.name) or {})) for cls in classes]
 
 
 def check_pair(reference: np.ndarray, reconstruction: np.ndarray) -> None:
@@ -40,14 +83,22 @@ def check_pair(reference: np.ndarray, reconstruction: np.ndarray) -> None:
         raise InputError("metrics expect 8-bit images")
 
 
-def compute_metrics(names, reference: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
+def compute_metrics(metrics: Iterable[Metric | str], reference: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
+    """The per-item columns of the item metrics among ``metrics`` (names or instances)."""
     check_pair(reference, reconstruction)
     row: dict[str, float] = {}
-    for name in names:
-        row.update(get_metric(name)(reference, reconstruction))
+    for metric in metrics:
+        if isinstance(metric, str):
+            metric = metric_class(metric)()
+        if metric.level != "item":
+            continue
+        row.update(check_values(metric, metric.compute(reference, reconstruction), metric.columns))
     return row
 
 
-from . import fidelity  # noqa: E402,F401  (registers psnr and ms-ssim)
+from . import fidelity  # noqa: E402,F401  (psnr, ms-ssim and their Y / YUV variants)
+from . import flip, perceptual  # noqa: E402,F401
+from . import fid  # noqa: E402,F401  (fid, kid: patch features, per rate point)
 
-__all__ = ["METRICS", "compute_metrics", "get_metric", "register_metric"]
+__all__ = ["METRICS", "Column", "Metric", "build_metrics", "compute_metrics", "item_columns", "metric_class",
+           "register_metric"]

@@ -1,6 +1,37 @@
 # Study-level outputs: one metrics table, summaries, BD-rates, RD plots and the run manifest.
 
 
+# The weight files of the study's metrics, verified (fetch_weights: true: downloaded first) by one
+# job before any evaluate job starts; the record names each file and its sha256.
+rule weights:
+    output:
+        WEIGHTS_RECORD,
+    log:
+        f"{LOGS}/weights.log",
+    params:
+        names=" ".join(WEIGHT_NAMES),
+        fetch=f"{ULBC} weights fetch {' '.join(WEIGHT_NAMES)} && " if config["fetch_weights"] else "",
+    localrule: True
+    shell:
+        "( {params.fetch}{ULBC} weights verify {params.names} --record {output} ) > {log} 2>&1"
+
+
+# Dataset-level metrics (FID, KID): every shard's features, reduced once per rate point.
+rule dataset_metrics:
+    input:
+        feature_results,
+    output:
+        f"{RESULTS}/dataset_metrics.parquet",
+    log:
+        f"{LOGS}/dataset_metrics.log",
+    params:
+        code=lambda wc: study_code_digests(),
+    resources:
+        mem_mb=16000,
+    script:
+        "../scripts/dataset_metrics.py"
+
+
 rule aggregate:
     input:
         shard_results,
@@ -21,7 +52,8 @@ rule aggregate:
 
 rule analyse:
     input:
-        f"{RESULTS}/metrics.parquet",
+        metrics=f"{RESULTS}/metrics.parquet",
+        dataset_metrics=dataset_metrics_table,
     output:
         summary=f"{RESULTS}/summary.csv",
         summary_html=report(
@@ -37,28 +69,31 @@ rule analyse:
             category="Tables",
             labels={"table": "BD-rate"},
         ),
-        rd_psnr=report(
-            f"{RESULTS}/rd_psnr.png",
+        metric_definitions=report(
+            f"{RESULTS}/metric_definitions.html",
+            caption="../report/metric_definitions.rst",
+            category="Tables",
+            labels={"table": "metrics"},
+        ),
+        # One plot per RD column of the measured metrics (the metric registry decides which).
+        plots=report(
+            directory(f"{RESULTS}/rd"),
+            patterns=["{column}.png"],
             caption="../report/rd_curve.rst",
             category="RD curves",
-            labels={"metric": "PSNR (RGB)"},
+            labels={"metric": "{column}"},
         ),
-        rd_psnr_svg=f"{RESULTS}/rd_psnr.svg",
-        rd_msssim=report(
-            f"{RESULTS}/rd_msssim.png",
-            caption="../report/rd_curve.rst",
-            category="RD curves",
-            labels={"metric": "MS-SSIM (dB)"},
-        ),
-        rd_msssim_svg=f"{RESULTS}/rd_msssim.svg",
     log:
         f"{LOGS}/analyse.log",
     params:
         anchor=config["anchor"],
         interpolation=config["bd_interpolation"],
+        dataset_metrics=lambda wc, input: (
+            f"--dataset-metrics {input.dataset_metrics}" if DATASET_LEVEL_METRICS else ""
+        ),
     localrule: True
     shell:
-        "{ULBC} analyse {input} --outdir {RESULTS} --anchor {params.anchor} "
+        "{ULBC} analyse {input.metrics} {params.dataset_metrics} --outdir {RESULTS} --anchor {params.anchor} "
         "--interpolation {params.interpolation} > {log} 2>&1"
 
 

@@ -14,8 +14,9 @@ rule encode_shard:
         f"{LOGS}/encode/{SHARD_DIR}.log",
     params:
         method=method_arguments,
-        # The codec's code (rerun-triggers compare params): changed code re-encodes its shards.
-        code=method_code_digest,
+        # The codec's code (rerun-triggers compare params): changed code re-encodes its shards;
+        # changed metrics do not (they re-run the evaluate jobs only).
+        code=method_encode_digest,
     resources:
         mem_mb=lambda wc: plan(wc).mem_mb,
         runtime=lambda wc: plan(wc).runtime,
@@ -31,13 +32,16 @@ rule evaluate_shard:
         manifest=method_manifest,
         pack=f"{RESULTS}/bitstreams/{SHARD_DIR}.zip",
         encode_log=f"{RESULTS}/work/{SHARD_DIR}.encode.parquet",
+        weights=weights_record,
     output:
-        f"{RESULTS}/shards/{SHARD_DIR}.parquet",
+        rows=f"{RESULTS}/shards/{SHARD_DIR}.parquet",
+        **features_output(),
     log:
         f"{LOGS}/evaluate/{SHARD_DIR}.log",
     params:
         method=evaluation_arguments,
-        metrics=" ".join(f"--metric {m}" for m in config["metrics"]),
+        metrics=metric_arguments,
+        features=lambda wc, output: f"--features-out {output.features}" if DATASET_LEVEL_METRICS else "",
         code=method_code_digest,
     resources:
         mem_mb=lambda wc: plan(wc).mem_mb,
@@ -46,5 +50,5 @@ rule evaluate_shard:
     shell:
         "{ULBC} evaluate-shard --manifest {input.manifest} --shard {wildcards.shard} "
         "--items-per-job {ITEMS_PER_JOB} {params.method} --pack {input.pack} "
-        "--encode-log {input.encode_log} {params.metrics} --device {config[device]} "
-        "--on-error {config[on_error]} --threads {threads} --out {output} 2> {log}"
+        "--encode-log {input.encode_log} {params.metrics} {params.features} --device {config[device]} "
+        "--on-error {config[on_error]} --threads {threads} --out {output.rows} 2> {log}"

@@ -10,10 +10,11 @@ from snakemake.utils import validate
 
 import ulbc
 from ulbc.clips import is_video_entry
-from ulbc.config import check_study
+from ulbc.config import check_study, dataset_metric_options, study_weight_names
 from ulbc.errors import UlbcError
 from ulbc.manifest import num_shards, shard_name
-from ulbc.provenance import code_digest, config_hash
+from ulbc.metrics import metric_class
+from ulbc.provenance import code_digest, config_hash, encode_digest
 
 
 if not config:
@@ -35,6 +36,11 @@ SEED = config["seed"]
 ULBC = f"{shlex.quote(sys.executable)} -m ulbc"
 SHARD_DIR = "{dataset}/{method}/{rate}/{shard}"
 VIDEO_DATASETS = {name: is_video_entry(entry) for name, entry in config["datasets"].items()}
+# Distribution metrics (FID, KID): evaluate jobs also write features, reduced per rate point.
+DATASET_LEVEL_METRICS = [m for m in config["metrics"] if metric_class(m).level == "dataset"]
+# Weight files the metrics load: verified (or fetched) once, by one job, before the fan-out.
+WEIGHT_NAMES = study_weight_names(config)
+WEIGHTS_RECORD = f"{RESULTS}/weights.json"
 
 
 wildcard_constraints:
@@ -66,6 +72,16 @@ def method_code_digest(wildcards):
     return _code_digest(wildcards.method)
 
 
+@functools.cache
+def _encode_digest(method):
+    return encode_digest(PLANS[method].codec)
+
+
+def method_encode_digest(wildcards):
+    """Digest of the code that makes a method's bitstreams (the rows' code without the metrics)."""
+    return _encode_digest(wildcards.method)
+
+
 def study_code_digests():
     return ",".join(f"{method}={_code_digest(method)}" for method in sorted(PLANS))
 
@@ -84,6 +100,27 @@ def _evaluation_arguments(dataset, method, rate):
 def evaluation_arguments(wildcards):
     """method_arguments plus the hash of the config that determines the shard's rows (provenance)."""
     return _evaluation_arguments(wildcards.dataset, wildcards.method, wildcards.rate)
+
+
+@functools.cache
+def _metric_arguments(dataset):
+    options = shlex.quote(json.dumps(dataset_metric_options(config, dataset), sort_keys=True))
+    return " ".join(f"--metric {m}" for m in config["metrics"]) + f" --metric-options {options}"
+
+
+def metric_arguments(wildcards):
+    """The metrics of the study and their options on this dataset (the study's, then the dataset's)."""
+    return _metric_arguments(wildcards.dataset)
+
+
+def weights_record(wildcards):
+    """The study's weights record (an input of evaluate jobs), when its metrics load weight files."""
+    return [WEIGHTS_RECORD] if WEIGHT_NAMES else []
+
+
+def features_output():
+    """Features file of an evaluate job, when the study has dataset-level metrics."""
+    return {"features": f"{RESULTS}/features/{SHARD_DIR}.npz"} if DATASET_LEVEL_METRICS else {}
 
 
 def dataset_fetch_marker(wildcards):
@@ -107,7 +144,7 @@ def method_manifest(wildcards):
     return f"{RESULTS}/manifests/{wildcards.dataset}{suffix}.parquet"
 
 
-def shard_results(wildcards):
+def shard_results(wildcards, folder="shards", suffix="parquet"):
     """Every shard Parquet of the study; the shard count comes from each dataset's manifest."""
     paths = []
     for dataset in config["datasets"]:
@@ -122,17 +159,28 @@ def shard_results(wildcards):
             shards = [shard_name(s) for s in range(counts[method.media])]
             for point in method.rates:
                 paths += [
-                    f"{RESULTS}/shards/{dataset}/{method.name}/{point.label}/{s}.parquet"
+                    f"{RESULTS}/{folder}/{dataset}/{method.name}/{point.label}/{s}.{suffix}"
                     for s in shards
                 ]
     return paths
 
 
+def feature_results(wildcards):
+    """Every features file of the study (one per shard, as shard_results)."""
+    return shard_results(wildcards, folder="features", suffix="npz")
+
+
+def dataset_metrics_table(wildcards=None):
+    """The per-rate-point table of FID/KID, when the study measures them."""
+    return [f"{RESULTS}/dataset_metrics.parquet"] if DATASET_LEVEL_METRICS else []
+
+
 def final_outputs():
     return [
         f"{RESULTS}/metrics.parquet",
+        *dataset_metrics_table(),
         f"{RESULTS}/summary.csv",
         f"{RESULTS}/bdrate.csv",
-        f"{RESULTS}/rd_psnr.png",
+        f"{RESULTS}/rd",
         f"{RESULTS}/run_manifest.json",
     ]

@@ -1,0 +1,74 @@
+"""Stand-in weight files: random-initialised networks in the layout of the real ones.
+
+Nothing here may reach a model hub, yet LPIPS, DISTS, FID and KID need their backbones. A stand-in
+has the architecture, key names and shapes of the real file (so the metrics load and run it as they
+would the real one, at the same cost) and random values (so its numbers mean nothing). Tests use
+them to check plumbing and agreement with reference packages; benchmarks/metric_cost.py to measure
+cost. They are registered under their own names (``standin-…``) through a site registry file, never
+under the canonical names, so they cannot pass for the real weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import yaml
+
+#: Canonical weights name -> (torchvision architecture, or "inception"; keep only the ``features`` part).
+STANDINS = {
+    "torchvision-alexnet": ("alexnet", True),
+    "torchvision-vgg16": ("vgg16", True),
+    "torchvision-squeezenet1_1": ("squeezenet1_1", False),
+    "inception-v3-fid": ("inception", False),
+}
+
+
+def _random_inception_state() -> dict:
+    """torch-fidelity's InceptionV3 with its random initialisation (its constructor would download)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    class Unloaded(tfi.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None
+
+    original = tfi.load_state_dict_from_url
+    tfi.load_state_dict_from_url = lambda *args, **kwargs: {}
+    try:
+        return Unloaded("inception-v3-compat", ["2048"]).state_dict()
+    finally:
+        tfi.load_state_dict_from_url = original
+
+
+def write_standins(folder: Path, names=tuple(STANDINS), *, seed: int = 0) -> tuple[Path, dict[str, str]]:
+    """Write stand-ins of ``names`` and a site registry (YAML) describing them into ``folder``.
+
+    Returns (registry file, {canonical name: stand-in name}). Point ``$ULBC_WEIGHTS_REGISTRY`` at the
+    registry and ``ulbc weights import`` the ``*.pth`` files, then give the metrics
+    ``weights: <stand-in name>``.
+    """
+    import torch
+    import torchvision
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries, mapping = [], {}
+    for name in names:
+        architecture, features_only = STANDINS[name]
+        torch.manual_seed(seed)
+        if architecture == "inception":
+            state = _random_inception_state()
+        else:
+            state = getattr(torchvision.models, architecture)(weights=None).state_dict()
+        if features_only:  # the part LPIPS and DISTS read; whole, AlexNet and VGG16 are 233 and 528 MB
+            state = {key: value for key, value in state.items() if key.startswith("features.")}
+        standin = f"standin-{name}"
+        path = folder / f"{standin}.pth"
+        torch.save(state, path)
+        entries.append({"name": standin, "file_name": path.name,
+                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "size": path.stat().st_size,
+                        "licence": "test (random values)", "used_by": ["tests", "benchmarks"],
+                        "description": f"random-initialised stand-in for {name}: right layout, meaningless values"})
+        mapping[name] = standin
+    registry = folder / "standin-registry.yaml"
+    registry.write_text(yaml.safe_dump(entries, sort_keys=False))
+    return registry, mapping

@@ -1,0 +1,504 @@
+"""Pretrained weight files the metrics load: a registry, one verified cache, downloads, imports.
+
+A file is looked for in ``weights_dir()`` first and then in torch hub's checkpoint cache (where
+torchvision, lpips and torch-fidelity put what they downloaded); either copy is used only after
+its sha256 matched the registry. Nothing here ever lets a library download on its own: files
+arrive through :func:`fetch` (checksummed, resumable) or :func:`import_file` (a local copy, for
+offline machines).
+
+Extra entries (a site's fine-tuned checkpoints, the random files of end-to-end tests) come from
+the YAML file named by ``$ULBC_WEIGHTS_REGISTRY``: a list of mappings with the fields of
+:class:`WeightFile`. ``$ULBC_WEIGHTS_MIRROR``, a base URL, is tried before the registered URLs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .download import CHUNK, OFFLINE_HINT, download
+from .errors import ConfigError, DownloadError, InputError, UlbcError
+from .fsutil import atomic_path
+
+#: Download attempts per URL after the first, and the first wait between them (seconds, doubling).
+DOWNLOAD_RETRIES = 4
+DOWNLOAD_BACKOFF = 0.5
+#: Field names of a ``$ULBC_WEIGHTS_REGISTRY`` entry, required then optional.
+_REQUIRED_FIELDS = ("name", "file_name", "sha256", "licence")
+_OPTIONAL_FIELDS = ("urls", "size", "used_by", "description", "aliases")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+class WeightsMissingError(UlbcError):
+    """A weight file is neither in ulbc's cache nor in torch hub's, or it could not be fetched."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One registered weight file.
+
+    ``sha256`` is the full hex digest, or (where only torch hub's file-name hash is published) a
+    hex prefix of at least 8 digits; ``size`` is in bytes, or None where unknown. ``aliases`` are
+    other names of the same file (another project's copy), looked up in torch hub's cache too.
+    """
+
+    name: str
+    file_name: str
+    urls: tuple[str, ...]
+    sha256: str
+    size: int | None
+    licence: str
+    used_by: tuple[str, ...]
+    description: str
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str) or any(c.isspace() for c in self.name):
+            raise ConfigError(f"weights entry {self.name!r}: the name must be a non-empty word")
+        for file_name in self.file_names:
+            if not isinstance(file_name, str) or not file_name or "/" in file_name or file_name.startswith("."):
+                raise ConfigError(f"weights {self.name!r}: {file_name!r} is not a plain file name")
+        digest = self.sha256.lower() if isinstance(self.sha256, str) else ""
+        if not (8 <= len(digest) <= 64 and _HEX.fullmatch(digest)):
+            raise ConfigError(f"weights {self.name!r}: sha256 must be 8 to 64 hex digits, got {self.sha256!r}")
+        object.__setattr__(self, "sha256", digest)
+        for key in ("urls", "used_by", "aliases"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0):
+            raise ConfigError(f"weights {self.name!r}: size must be a whole number of bytes or None, got {self.size!r}")
+        for url in self.urls:
+            if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+                raise ConfigError(f"weights {self.name!r}: {url!r} is not an http(s) URL")
+
+    @property
+    def file_names(self) -> tuple[str, ...]:
+        return (self.file_name, *self.aliases)
+
+    @property
+    def full_hash(self) -> bool:
+        return len(self.sha256) == 64
+
+    @property
+    def check(self) -> str:
+        """What verification compares: the whole digest or only its published start."""
+        return "sha256" if self.full_hash else "sha256 prefix"
+
+    def matches(self, digest: str, size: int) -> bool:
+        if self.size is not None and size != self.size:
+            return False
+        return digest == self.sha256 if self.full_hash else digest.startswith(self.sha256)
+
+
+# -- the built-in registry ----------------------------------------------------------------------------
+# Full sha256 values and sizes: each was found stated for this exact file name, with the same value,
+# in several unrelated public repositories' checksum pins (model manifests, asset tables, verified
+# download scripts), and each begins with the 8 hex digits torch hub put in the file name.
+_BUILTIN = (
+    WeightFile(
+        name="torchvision-alexnet",
+        file_name="alexnet-owt-7be5be79.pth",
+        urls=("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",),
+        sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+        size=244_408_911,
+        licence="BSD-3-Clause (torchvision)",
+        used_by=("lpips",),
+        description="torchvision AlexNet, ImageNet-1k (IMAGENET1K_V1): the backbone of LPIPS net='alex'",
+    ),
+    WeightFile(
+        name="torchvision-vgg16",
+        file_name="vgg16-397923af.pth",
+        urls=("https://download.pytorch.org/models/vgg16-397923af.pth",),
+        sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+        size=553_433_881,
+        licence="BSD-3-Clause (torchvision)",
+        used_by=("lpips", "dists"),
+        description="torchvision VGG-16, ImageNet-1k (IMAGENET1K_V1): the backbone of LPIPS net='vgg' and of DISTS",
+    ),
+    WeightFile(
+        name="torchvision-squeezenet1_1",
+        file_name="squeezenet1_1-b8a52dc0.pth",
+        urls=("https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",),
+        sha256="b8a52dc049b60e4b6ab68ad0df457362afab8b6304b2febdc1650a5dab4d7e7b",
+        size=4_958_839,
+        licence="BSD-3-Clause (torchvision)",
+        used_by=("lpips",),
+        description="torchvision SqueezeNet 1.1, ImageNet-1k (IMAGENET1K_V1): the backbone of LPIPS net='squeeze'",
+    ),
+    WeightFile(
+        name="inception-v3-fid",
+        file_name="pt_inception-2015-12-05-6726825d.pth",
+        urls=(
+            "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+            "pt_inception-2015-12-05-6726825d.pth",
+            "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+            "weights-inception-2015-12-05-6726825d.pth",
+        ),
+        sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+        size=95_628_359,
+        licence="Apache-2.0",
+        used_by=("fid", "kid"),
+        description="TensorFlow's 2015-12-05 Inception-v3 ported to PyTorch (pytorch-fid; the same file as "
+                    "torch-fidelity's): the feature network of FID and KID",
+        aliases=("weights-inception-2015-12-05-6726825d.pth",),
+    ),
+)
+
+WEIGHTS: dict[str, WeightFile] = {entry.name: entry for entry in _BUILTIN}
+_BUILTIN_NAMES = frozenset(WEIGHTS)
+#: Which ``$ULBC_WEIGHTS_REGISTRY`` file is loaded, and the names it added.
+_site: dict[str, Any] = {"path": None, "names": ()}
+#: sha256 of files already read, by (path, size, mtime): a process hashes each file once.
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def register_weights(entry: WeightFile) -> None:
+    """Add one entry; a name, or a file name, that is already registered is refused."""
+    if entry.name in WEIGHTS:
+        raise ConfigError(f"weights {entry.name!r} is already registered")
+    taken = {file_name: other.name for other in WEIGHTS.values() for file_name in other.file_names}
+    for file_name in entry.file_names:
+        if file_name in taken:
+            raise ConfigError(f"weights {entry.name!r}: file name {file_name} already belongs to "
+                              f"weights {taken[file_name]!r}")
+    WEIGHTS[entry.name] = entry
+
+
+def unregister_weights(name: str) -> None:
+    """Remove one entry (tests register their own files); an unknown name is ignored."""
+    WEIGHTS.pop(name, None)
+
+
+def _load_site_registry(path: Path) -> list[WeightFile]:
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"{path} ($ULBC_WEIGHTS_REGISTRY): cannot be read as YAML ({reason})") from None
+    if content is None:
+        return []
+    if not isinstance(content, list):
+        raise ConfigError(f"{path} ($ULBC_WEIGHTS_REGISTRY): expected a list of weights entries, "
+                          f"got {type(content).__name__}")
+    entries: list[WeightFile] = []
+    for index, item in enumerate(content):
+        where = f"{path} ($ULBC_WEIGHTS_REGISTRY) entry {index + 1}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a mapping of {', '.join(_REQUIRED_FIELDS)}, ...; got {item!r}")
+        unknown = sorted(set(map(str, item)) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(_REQUIRED_FIELDS + _OPTIONAL_FIELDS)}")
+        missing = [key for key in _REQUIRED_FIELDS if item.get(key) in (None, "")]
+        if missing:
+            raise ConfigError(f"{where}: missing {', '.join(missing)}")
+        for key in ("name", "file_name", "sha256", "licence", "description"):
+            if key in item and not isinstance(item[key], str):
+                raise ConfigError(f"{where}: {key} must be a string, got {item[key]!r}")
+        lists = {}
+        for key in ("urls", "used_by", "aliases"):
+            value = item.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {key} must be a list of strings, got {value!r}")
+            lists[key] = tuple(value)
+        if item["name"] in _BUILTIN_NAMES:
+            raise ConfigError(f"{where}: {item['name']!r} is a built-in weights name; choose another")
+        if any(e.name == item["name"] for e in entries):
+            raise ConfigError(f"{where}: {item['name']!r} appears twice")
+        try:
+            entries.append(WeightFile(name=item["name"], file_name=item["file_name"], urls=lists["urls"],
+                                      sha256=item["sha256"], size=item.get("size"), licence=item["licence"],
+                                      used_by=lists["used_by"], description=item.get("description") or "",
+                                      aliases=lists["aliases"]))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return entries
+
+
+def _sync_site_registry() -> None:
+    """Make WEIGHTS hold the entries of the file ``$ULBC_WEIGHTS_REGISTRY`` names now."""
+    wanted = os.environ.get("ULBC_WEIGHTS_REGISTRY") or None
+    if wanted == _site["path"]:
+        return
+    for name in _site["names"]:
+        unregister_weights(name)
+    _site.update(path=None, names=())
+    if wanted is None:
+        return
+    path = Path(wanted).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path} ($ULBC_WEIGHTS_REGISTRY): no such file")
+    entries = _load_site_registry(path)
+    added: list[str] = []
+    try:
+        for entry in entries:
+            register_weights(entry)
+            added.append(entry.name)
+    except ConfigError as exc:
+        for name in added:
+            unregister_weights(name)
+        raise ConfigError(f"{path} ($ULBC_WEIGHTS_REGISTRY): {exc}") from None
+    _site.update(path=wanted, names=tuple(added))
+
+
+def registry() -> dict[str, WeightFile]:
+    """WEIGHTS, with the ``$ULBC_WEIGHTS_REGISTRY`` entries loaded."""
+    _sync_site_registry()
+    return WEIGHTS
+
+
+def get_weight_file(name: str) -> WeightFile:
+    entries = registry()
+    if name not in entries:
+        raise ConfigError(f"unknown weights {name!r}; registered: {', '.join(sorted(entries))} (ulbc weights list)")
+    return entries[name]
+
+
+# Loaded now so that readers of WEIGHTS see the site's entries; a bad file is reported (one line)
+# by the first function here that needs the registry.
+with contextlib.suppress(ConfigError):
+    _sync_site_registry()
+
+
+# -- where files live ---------------------------------------------------------------------------------
+def weights_dir() -> Path:
+    """ulbc's weight cache: ``$ULBC_WEIGHTS``, else the user cache folder's ``weights``."""
+    configured = os.environ.get("ULBC_WEIGHTS")
+    if configured:
+        return Path(configured).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ulbc")) / "weights"
+
+
+def torch_hub_checkpoints() -> Path:
+    """torch hub's checkpoint folder, as ``torch.hub.get_dir()`` gives it (``$TORCH_HOME/hub``)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:  # honours a torch.hub.set_dir() made in this process
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    # The same rule as torch.hub without importing torch (seconds) for a file lookup.
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
+
+
+def _candidates(entry: WeightFile) -> list[Path]:
+    hub = torch_hub_checkpoints()
+    return [weights_dir() / entry.file_name, *(hub / file_name for file_name in entry.file_names)]
+
+
+def _sha256(path: Path) -> str:
+    info = path.stat()
+    key = (str(path.resolve()), info.st_size, info.st_mtime_ns)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(CHUNK):
+                digest.update(block)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
+
+
+@dataclass(frozen=True)
+class WeightStatus:
+    """What :func:`verify` found for one entry.
+
+    ``status`` is "present" (``path`` verified), "bad" (files were found, none verified: ``path``
+    is the first of them) or "missing". ``sha256`` is the full digest of ``path``.
+    """
+
+    name: str
+    file_name: str
+    status: str
+    path: Path | None
+    sha256: str | None
+    check: str
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "present"
+
+
+def _examine(entry: WeightFile, path: Path) -> tuple[bool, str | None, str]:
+    """(verified, full digest or None, problem) of one candidate file."""
+    try:
+        size = path.stat().st_size
+        if entry.size is not None and size != entry.size:
+            return False, None, f"{path} has {size} bytes, expected {entry.size}"
+        digest = _sha256(path)
+    except OSError as exc:
+        return False, None, f"{path} cannot be read ({' '.join(str(exc).split())})"
+    if entry.matches(digest, size):
+        return True, digest, ""
+    return False, digest, f"{path} has sha256 {digest}, expected {entry.check} {entry.sha256}"
+
+
+def verify(name: str) -> WeightStatus:
+    """Look for the file of ``name`` (ulbc's cache, then torch hub's) and check it; never raises
+    for a missing or bad file."""
+    entry = get_weight_file(name)
+    first_bad: tuple[Path, str | None, str] | None = None
+    for path in _candidates(entry):
+        if not path.is_file():
+            continue
+        ok, digest, problem = _examine(entry, path)
+        if ok:
+            return WeightStatus(name, entry.file_name, "present", path, digest, entry.check)
+        if first_bad is None:
+            first_bad = (path, digest, problem)
+    if first_bad is not None:
+        path, digest, problem = first_bad
+        return WeightStatus(name, entry.file_name, "bad", path, digest, entry.check, problem)
+    return WeightStatus(name, entry.file_name, "missing", None, None, entry.check, _not_found())
+
+
+def _not_found() -> str:
+    return f"not in {weights_dir()} nor in torch hub's {torch_hub_checkpoints()}"
+
+
+def _download_urls(entry: WeightFile) -> list[str]:
+    mirror = os.environ.get("ULBC_WEIGHTS_MIRROR")
+    urls = [f"{mirror.rstrip('/')}/{entry.file_name}"] if mirror else []
+    return urls + [url for url in entry.urls if url not in urls]
+
+
+def _missing_message(entry: WeightFile, found: WeightStatus) -> str:
+    urls = _download_urls(entry)
+    source = f"from {urls[0]}" if urls else "no download URL is registered; set $ULBC_WEIGHTS_MIRROR"
+    where = found.problem if found.status == "bad" else _not_found()
+    return (f"{entry.file_name} (weights {entry.name!r}): {where}; download it with `ulbc weights fetch {entry.name}` "
+            f"({source}) or, offline, copy it in with `ulbc weights import PATH`")
+
+
+def require(name: str) -> Path:
+    """The verified local file of ``name``; WeightsMissingError (one line) when there is none."""
+    found = verify(name)
+    if found.ok:
+        assert found.path is not None
+        return found.path
+    raise WeightsMissingError(_missing_message(get_weight_file(name), found))
+
+
+def require_present(name: str) -> Path:
+    """The local file of ``name`` without hashing it: present, of the registered size where one is
+    registered. The study check runs at every workflow start (and in every cluster job), so it
+    leaves the full hash to the one ``weights`` job; WeightsMissingError (one line) otherwise."""
+    entry = get_weight_file(name)
+    for path in _candidates(entry):
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        if path.is_file() and (entry.size is None or size == entry.size):
+            return path
+    raise WeightsMissingError(_missing_message(entry, verify(name)))
+
+
+def file_sha256(name: str) -> str:
+    """Full sha256 of the file :func:`require` resolves (each file is read once per process)."""
+    return _sha256(require(name))
+
+
+# -- getting files --------------------------------------------------------------------------------
+def _fetch_one(entry: WeightFile, url: str, dest: Path, progress: bool) -> Path:
+    if entry.full_hash:
+        return download(url, dest, entry.sha256, size=entry.size, retries=DOWNLOAD_RETRIES,
+                        backoff=DOWNLOAD_BACKOFF, progress=progress)
+    # Only a hash prefix is known: download() cannot check it, so the file lands under a staging
+    # name (its .part still resumes) and takes the canonical name only once the prefix matched.
+    staging = dest.with_name(f".{dest.name}.unverified")
+    download(url, staging, None, size=entry.size, retries=DOWNLOAD_RETRIES, backoff=DOWNLOAD_BACKOFF,
+             progress=progress)
+    ok, digest, _ = _examine(entry, staging)
+    if not ok:
+        staging.unlink()
+        raise DownloadError(f"{url}: sha256 {digest} does not start with the published {entry.sha256}")
+    os.replace(staging, dest)
+    return dest
+
+
+def fetch(name: str, *, url: str | None = None, progress: bool = True) -> Path:
+    """The verified file of ``name``, downloaded into ``weights_dir()`` unless one is already
+    there (or in torch hub's cache). ``url`` replaces the mirror and the registered URLs."""
+    entry = get_weight_file(name)
+    found = verify(name)
+    if found.ok:
+        assert found.path is not None
+        return found.path
+    dest = weights_dir() / entry.file_name
+    if dest.is_file():  # a wrong file under the canonical name (ours to replace; hub files are not)
+        dest.unlink()
+    urls = [url] if url else _download_urls(entry)
+    if not urls:
+        raise WeightsMissingError(_missing_message(entry, found))
+    failures: list[str] = []
+    for candidate in urls:
+        try:
+            return _fetch_one(entry, candidate, dest, progress)
+        except DownloadError as exc:
+            failures.append(str(exc).removesuffix(f"; {OFFLINE_HINT}"))
+    raise WeightsMissingError(
+        f"{entry.file_name} (weights {entry.name!r}): could not be downloaded: {'; '.join(failures)}; "
+        f"if this machine is offline, copy the file in with `ulbc weights import PATH`")
+
+
+def _identify(digest: str, size: int, name: str | None, source: Path) -> WeightFile:
+    if name is not None:
+        entry = get_weight_file(name)
+        if not entry.matches(digest, size):
+            expected = f"{entry.check} {entry.sha256}" + (f", {entry.size} bytes" if entry.size is not None else "")
+            raise InputError(f"{source}: sha256 {digest} ({size} bytes) is not weights {name!r} "
+                             f"({entry.file_name}: {expected})")
+        return entry
+    matches = [entry for entry in registry().values() if entry.matches(digest, size)]
+    if not matches:
+        raise InputError(f"{source}: sha256 {digest} matches no registered weights file (ulbc weights list); "
+                         f"a site's own file needs an entry in $ULBC_WEIGHTS_REGISTRY")
+    if len(matches) > 1:
+        raise InputError(f"{source}: matches several weights ({', '.join(e.name for e in matches)}); "
+                         f"pick one with --name")
+    return matches[0]
+
+
+def _copy_hashing(source: Path, dest: Path) -> str:
+    digest = hashlib.sha256()
+    with open(source, "rb") as src, open(dest, "wb") as out:
+        while block := src.read(CHUNK):
+            out.write(block)
+            digest.update(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
+
+
+def import_file(path: str | os.PathLike, name: str | None = None) -> tuple[str, Path]:
+    """Copy a local file into ``weights_dir()`` under its canonical name, after identifying it by
+    its sha256 (``name``: the entry it must match). Returns (name, cached path)."""
+    source = Path(path)
+    if not source.is_file():
+        raise InputError(f"{source}: no such file")
+    try:
+        digest, size = _sha256(source), source.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{source}: cannot be read ({' '.join(str(exc).split())})") from None
+    entry = _identify(digest, size, name, source)
+    dest = weights_dir() / entry.file_name
+    if dest.is_file() and dest.resolve() == source.resolve():
+        return entry.name, dest
+    try:
+        with atomic_path(dest) as tmp:
+            # The copy is hashed again: a source that changed after it was identified is refused.
+            if _copy_hashing(source, tmp) != digest:
+                raise InputError(f"{source}: changed while it was being copied; import it again")
+    except OSError as exc:
+        raise InputError(f"{source}: cannot be copied to {dest} ({' '.join(str(exc).split())})") from None
+    info = dest.stat()
+    _digests[(str(dest.resolve()), info.st_size, info.st_mtime_ns)] = digest
+    return entry.name, dest
