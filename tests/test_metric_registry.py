@@ -165,3 +165,16 @@ def test_summary_columns_follow_the_metrics_measured():
     summary = summarize(pd.DataFrame(frame([rows[0]])))
     assert "psnr_y" in summary.columns and "ms_ssim_rgb" not in summary.columns
     assert summary.loc[0, "psnr_y"] == pytest.approx(30.0)
+
+
+def test_metrics_command_lists_the_registry(capsys):
+    import json
+
+    from ulbc.cli import main
+
+    main(["metrics", "--json"])
+    listed = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)}
+    assert list(listed) == list(METRICS)
+    assert listed["fid"]["level"] == "dataset" and listed["fid"]["weights"] == ["inception-v3-fid"]
+    assert {c["name"]: c["better"] for c in listed["lpips"]["columns"]} == {"lpips": "lower"}
+    assert "pixels_per_degree" in listed["flip"]["option_specs"]

@@ -29,19 +29,18 @@ from . import __version__, bitstream
 from .codecs import codec_for_id, get_codec
 from .codecs.base import decode_container
 from .errors import InputError, UlbcError
+from .features import FeatureCollector
 from .fsutil import atomic_path
 from .imageio import decode_png_bytes, encode_png, load_rgb
 from .manifest import clip_hash, read_manifest, shard_rows
 from .metrics import Metric, build_metrics, compute_metrics, item_columns
 from .pack import PackReader, bitstream_entry, decoded_entry, decoded_frame_entry, write_pack
 from .provenance import (canonical_json, code_digest, derive_seed, describe_device, encode_digest, git_commit,
-                         library_versions,
-                         resolve_device)
+                         library_versions, resolve_device)
 from .schema import BITSTREAM_STAT_COLUMNS, METRIC_ROW_SCHEMA
-from .features import FeatureCollector
 
 #: Encode-log metadata key holding the encode digest (provenance.encode_digest) the shard was encoded under.
-CODE_DIGEST_KEY = "encode_digest"
+ENCODE_DIGEST_KEY = "encode_digest"
 ENCODE_LOG_SCHEMA = pa.schema(
     [
         ("item", pa.string()),
@@ -101,10 +100,10 @@ def _write_table(rows: list[dict], schema: pa.Schema, dest: str | os.PathLike, m
         pq.write_table(table, tmp)
 
 
-def _encoding_code_digest(path: str | os.PathLike) -> str:
-    """The code digest an encode log was written under ('' for logs older than the digest)."""
+def _encoding_digest(path: str | os.PathLike) -> str:
+    """The encode digest an encode log was written under ('' for logs older than the digest)."""
     meta = pq.read_schema(path).metadata or {}
-    return meta.get(f"ulbc.{CODE_DIGEST_KEY}".encode(), b"").decode()
+    return meta.get(f"ulbc.{ENCODE_DIGEST_KEY}".encode(), b"").decode()
 
 
 def _read_log(path: str | os.PathLike, schema: pa.Schema) -> dict[str, dict]:
@@ -239,7 +238,7 @@ def encode_shard(
     bar.close()
     # Pack and log follow the manifest order, whatever order the batches ran in.
     write_pack(out_pack, [(bitstream_entry(r.item), entries[r.item]) for r in rows if r.item in entries])
-    _write_table([log[r.item] for r in rows], ENCODE_LOG_SCHEMA, out_log, metadata={CODE_DIGEST_KEY: digest})
+    _write_table([log[r.item] for r in rows], ENCODE_LOG_SCHEMA, out_log, metadata={ENCODE_DIGEST_KEY: digest})
     return len(entries)
 
 
@@ -433,7 +432,7 @@ def metrics_shard(
     enc = _read_log(encode_log, ENCODE_LOG_SCHEMA)
     dec = _read_log(decode_log, DECODE_LOG_SCHEMA)
     digest = code_digest(spec.codec)
-    encoded_by, encoder = _encoding_code_digest(encode_log), encode_digest(spec.codec)
+    encoded_by, encoder = _encoding_digest(encode_log), encode_digest(spec.codec)
     if encoded_by != encoder:
         raise InputError(f"{encode_log}: the shard was encoded by other code (digest {encoded_by or 'none'}, "
                          f"current {encoder}); encode it again")
