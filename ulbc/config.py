@@ -187,7 +187,6 @@ def check_study(config: dict) -> dict[str, MethodPlan]:
     return plans
 
 
-
 def dataset_metric_options(config: dict, dataset: str) -> dict[str, dict]:
     """Metric options for one dataset: the study's ``metric_options`` with the dataset's own on top."""
     merged = {name: dict(values or {}) for name, values in (config.get("metric_options") or {}).items()}

@@ -3,9 +3,9 @@
 One row per (dataset, item, method, rate point). The metric columns are those of every per-item
 metric in the registry (:mod:`ulbc.metrics`), in registration order; a column is null when its
 metric was not measured in the study, and NaN when it is undefined for the item (MS-SSIM on images
-under 161 pixels on a side) or ``status`` is not "ok". ``metric_info`` records, per metric measured, its options and
-the sha256 of each weight file it loaded. Distribution metrics (FID, KID) have no per-item value;
-they live in a per-rate-point table of their own (:data:`DATASET_METRIC_SCHEMA`).
+under 161 pixels on a side) or ``status`` is not "ok". ``metric_info`` records, per metric
+measured, its options and the sha256 of each weight file it loaded. Distribution metrics (FID,
+KID) have no per-item value; they live in a per-rate-point table (:data:`DATASET_METRIC_SCHEMA`).
 
 Video datasets add two kinds of rows, told apart by ``level``: ``frame`` rows (one per frame, item
 ``<clip>/<frame>``) and ``clip`` rows (one per clip: its bits over all its frames, the mean of its
