@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from standin_weights import write_standins
+from test_download import FixtureServer
 from test_workflow import snakemake, write_study
 
 pytestmark = pytest.mark.slow
@@ -100,3 +101,31 @@ def test_missing_weights_stop_the_study_before_any_job(tmp_path, photo, monkeypa
     assert "alexnet-owt-7be5be79.pth" in text and "ulbc weights import PATH" in text
     assert "Traceback" not in text
     assert not (tmp_path / "results").exists()
+
+
+def test_fetch_weights_downloads_once_before_the_fan_out(tmp_path, photo, monkeypatch):
+    """fetch_weights: true: one job fetches the file from the site mirror (127.0.0.1 here), however
+    many evaluate jobs then load it."""
+    from ulbc import weights
+
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    registry, names = write_standins(tmp_path / "standins", ["torchvision-squeezenet1_1"])
+    standin = names["torchvision-squeezenet1_1"]
+    monkeypatch.setenv("ULBC_WEIGHTS_REGISTRY", str(registry))
+    monkeypatch.setenv("ULBC_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = f"/{standin}.pth"
+    with FixtureServer(files={path: (tmp_path / "standins" / f"{standin}.pth").read_bytes()}) as server:
+        monkeypatch.setenv("ULBC_WEIGHTS_MIRROR", server.url(""))
+        config = write_study(tmp_path, photo, metrics=["psnr", "lpips"], fetch_weights=True,
+                             metric_options={"lpips": {"net": "squeeze", "weights": standin}})
+        snakemake(tmp_path, config, "--cores", "2")
+        assert [p for p, _ in server.requests] == [path]  # 8 evaluate jobs, one download
+    out = tmp_path / "results" / "e2e"
+    record = json.loads((out / "weights.json").read_text())
+    assert record[standin]["sha256"] == weights.file_sha256(standin)
+    rows = pq.read_table(out / "metrics.parquet").to_pandas()
+    assert rows["lpips"].notna().all() and len(rows) == 12
+    monkeypatch.delenv("ULBC_WEIGHTS_REGISTRY")
+    weights._sync_site_registry()
