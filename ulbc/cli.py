@@ -408,6 +408,7 @@ def cmd_dataset_metrics(args) -> None:
 
 def cmd_analyse(args) -> None:
     from .aggregate import read_metrics, version_mix
+    from .config import read_reference_results
     from .features import read_dataset_metrics
     from .rd import analyse_study
 
@@ -417,15 +418,27 @@ def cmd_analyse(args) -> None:
     if notice:
         print(f"ulbc: warning: {notice}", file=sys.stderr)
     dataset_table = read_dataset_metrics(args.dataset_metrics) if args.dataset_metrics else None
+    external = read_reference_results(args.reference_results) if args.reference_results else None
     summary, table, notes = analyse_study(frame, Path(args.outdir), anchor=args.anchor,
                                           interpolation=args.interpolation, dataset_table=dataset_table,
-                                          notice=notice)
+                                          notice=notice, external=external)
     for note in notes:
         print(f"ulbc: note: {note}", file=sys.stderr)
     failed = int(summary["n_failed"].sum())
     if failed:
         print(f"ulbc: warning: {failed} item encodes/decodes failed; see the status/error columns", file=sys.stderr)
     print(table.to_string(index=False))
+
+
+def cmd_export_compressai_json(args) -> None:
+    from .aggregate import read_metrics
+    from .compressai_json import export_compressai_json
+    from .features import read_dataset_metrics
+    from .rd import summarize
+
+    dataset_table = read_dataset_metrics(args.dataset_metrics) if args.dataset_metrics else None
+    written = export_compressai_json(summarize(read_metrics(args.metrics), dataset_table=dataset_table), args.out)
+    print(json.dumps({"files": [str(p) for p in written]}))
 
 
 def cmd_bdrate(args) -> None:
@@ -702,7 +715,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyse", help="summary, BD-rate tables and RD plots from metrics.parquet")
     _add_bd_args(p)
     p.add_argument("--outdir", required=True)
+    p.add_argument("--reference-results", type=_json_object, metavar="JSON",
+                   help='published curves to draw and BD-rate, as in the config: '
+                        '\'{"NAME": {"dataset": "kodak", "file": "curve.json"}}\' (CompressAI result files)')
     p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("export", help="write a study's curves in another tool's layout")
+    export = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    q = export.add_parser("compressai-json", help="one CompressAI eval_model-style JSON per (dataset, method)")
+    q.add_argument("metrics", help="metrics.parquet of a study")
+    q.add_argument("--dataset-metrics", help="dataset_metrics.parquet of the study (FID, KID), if any")
+    q.add_argument("-o", "--out", required=True, help="folder; files go to OUT/<dataset>/<method>.json")
+    q.set_defaults(func=cmd_export_compressai_json)
 
     p = sub.add_parser("bdrate", help="BD-rate of every method against an anchor, from metrics.parquet")
     _add_bd_args(p)

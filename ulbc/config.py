@@ -11,12 +11,17 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
 import yaml
 
 from .codecs import codec_class
 from .errors import ConfigError
 from .metrics import build_metrics
 from .provenance import config_hash
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -182,6 +187,13 @@ def check_study(config: dict) -> dict[str, MethodPlan]:
                 weights.require_present(name)
             except weights.WeightsMissingError as exc:
                 raise ConfigError(f"metrics: {exc}") from None
+    for name, entry in (config.get("reference_results") or {}).items():
+        if name in plans:
+            raise ConfigError(f"reference_results.{name}: is also a method of the study; name it apart")
+        if entry["dataset"] not in config["datasets"]:
+            raise ConfigError(f"reference_results.{name}: dataset {entry['dataset']!r} is not one of the study's")
+        if not os.path.isfile(os.path.expanduser(entry["file"])):
+            raise ConfigError(f"reference_results.{name}: file {entry['file']} does not exist")
     if config["anchor"] not in plans:
         raise ConfigError(f"anchor {config['anchor']!r} is not one of the study's methods: {', '.join(plans)}")
     return plans
@@ -206,3 +218,17 @@ def study_weight_names(config: dict) -> list[str]:
         for metric in metrics:
             names += [n for n in metric.weight_names() if n not in names]
     return names
+
+
+def read_reference_results(references: dict) -> pd.DataFrame | None:
+    """The published curves a study names (``reference_results``), as external summary rows."""
+    import pandas as pd
+
+    from .compressai_json import read_compressai_json
+
+    frames = []
+    for name, entry in references.items():
+        if not isinstance(entry, dict) or not entry.get("dataset") or not entry.get("file"):
+            raise ConfigError(f"reference_results.{name}: needs a dataset and a file")
+        frames.append(read_compressai_json(entry["file"], entry["dataset"], name))
+    return pd.concat(frames, ignore_index=True) if frames else None

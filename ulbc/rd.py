@@ -193,6 +193,8 @@ def _curve(points: pd.DataFrame, metric: str, rate: str) -> tuple[np.ndarray, np
     """Finite, positive-rate points of one method, ordered by rate. Quality is oriented so that
     higher is better (a lower-is-better metric such as LPIPS or FID is negated): BD-rate is then
     the rate change at equal metric value whichever way the metric points."""
+    if metric not in points.columns:  # an external curve that does not report this metric
+        return np.zeros(0), np.zeros(0)
     rates = points[rate].to_numpy(dtype="float64")
     quality = points[metric].to_numpy(dtype="float64")
     if _lower_is_better(metric):
@@ -324,7 +326,8 @@ def _metric_cells(points: pd.DataFrame, anchor_points: pd.DataFrame | None, *, i
     return cells, [f"{', '.join(names)}: {note}" for note, names in metric_notes.items()]
 
 
-def _rows_by_item(rows: pd.DataFrame, anchor: str, metric_names: Sequence[str], dataset_table: pd.DataFrame | None):
+def _rows_by_item(rows: pd.DataFrame, anchor: str, metric_names: Sequence[str], dataset_table: pd.DataFrame | None,
+                  external: pd.DataFrame | None = None):
     """(dataset, method, method points, anchor points or None, n_items, excluded items, notes) per
     table row, from per-item rows restricted to the items ok at every rate point of both curves."""
     row_metrics = [c.name for n in metric_names if METRICS[n].level == "item" for c in METRICS[n].columns]
@@ -365,6 +368,18 @@ def _rows_by_item(rows: pd.DataFrame, anchor: str, metric_names: Sequence[str], 
                                 dataset_table=dataset_table)
             anchor_points = summary[summary["method"] == anchor] if has_anchor else None
             yield dataset, method, summary[summary["method"] == method], anchor_points, len(common), excluded, notes
+        if external is None:
+            continue
+        # Published curves: their points as given, against the anchor over all its ok items.
+        anchor_points = None
+        if has_anchor:
+            anchor_points = summarize(anchor_rows[anchor_rows["item"].isin(anchor_ok)], metrics=metric_names,
+                                      dataset_table=dataset_table)
+        for method, points in external[external["dataset"] == dataset].groupby("method", sort=True):
+            notes = [f"external curve ({points['source'].iloc[0]}): published points, taken as given"]
+            if not has_anchor:
+                notes.append(f"anchor {anchor} has no results for dataset {dataset}")
+            yield dataset, method, points, anchor_points, None, [], notes
 
 
 def _rows_by_point(summary: pd.DataFrame, anchor: str):
@@ -393,6 +408,7 @@ def bd_rate_table(
     interpolation: str = "akima",
     rate: str = "bpp",
     dataset_table: pd.DataFrame | None = None,
+    external: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Bjøntegaard delta rate (%) of every method against ``anchor``, per dataset and metric column.
 
@@ -403,7 +419,9 @@ def bd_rate_table(
     mean difference of the metric itself (method minus anchor, in the metric's units) over the
     overlapping bpp range; it stays defined where quality ranges barely overlap, as they often do at
     ultra-low rates. Dataset-level metrics (FID, KID) need ``dataset_table``; they are measured
-    over every ok item of a rate point, not over the common item set. ``table`` is normally the per-item
+    over every ok item of a rate point, not over the common item set. ``external`` holds published
+    curves (:func:`ulbc.compressai_json.read_compressai_json`), BD-rated as given against the anchor's
+    ok items, with a note saying so. ``table`` is normally the per-item
     rows of a metrics file: for each (dataset, method) the BD-rate is then computed over the items
     that are ok at every rate point of both the method and the anchor (a common item set, so the two
     curves describe the same images); a failed item is left out of both curves rather than erasing
@@ -442,7 +460,8 @@ def bd_rate_table(
         )
 
     out = []
-    groups = _rows_by_item(table, anchor, names, dataset_table) if by_item else _rows_by_point(table, anchor)
+    groups = (_rows_by_item(table, anchor, names, dataset_table, external) if by_item
+              else _rows_by_point(table, anchor))
     for dataset, method, points, anchor_points, n_items, excluded, notes in groups:
         cells, metric_notes = _metric_cells(points, anchor_points, is_anchor=method == anchor, anchor=anchor,
                                             metrics=metrics, rate=rate, interpolation=interpolation)
@@ -528,12 +547,16 @@ def plot_rd(
                 continue
             order = np.argsort(x[keep], kind="mergesort")
             label = method + (" (anchor)" if method == anchor else "")
-            if "n_failed" in pts.columns and int(pts["n_failed"].sum()) > 0:
+            if "n_failed" in pts.columns and int(pts["n_failed"].fillna(0).sum()) > 0:
                 label += " (some items failed)"
+            external = "source" in pts.columns and pts["source"].fillna("").str.startswith("external").any()
             if method == anchor:
                 style = {"color": "black", "linestyle": "--", "zorder": 3}
             else:
                 style = {"color": colours[method]}
+            if external:
+                label += " (external, published)"
+                style["linestyle"] = ":"
             ax.plot(x[keep][order], y[keep][order], marker="o", markersize=4, linewidth=1.4, label=label, **style)
             drawn += 1
         if drawn:
@@ -657,18 +680,28 @@ def metric_definitions(frame: pd.DataFrame, dataset_table: pd.DataFrame | None =
 
 
 def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str, interpolation: str = "akima",
-                  dataset_table: pd.DataFrame | None = None, notice: str | None = None):
+                  dataset_table: pd.DataFrame | None = None, notice: str | None = None,
+                  external: pd.DataFrame | None = None):
     """Summary, BD-rate table (CSV and HTML) and one RD plot per RD column of the measured metrics.
+    ``external`` published curves join the summary (``source`` says where they come from), the
+    plots (dotted) and the BD-rate table.
 
     Returns (summary, BD-rate table, notes); the notes also head the HTML tables."""
     out = Path(outdir)
     summary = summarize(frame, dataset_table=dataset_table)
     notes = study_notes(summary)
+    if external is not None and len(external):
+        clash = sorted(set(external["method"]) & set(summary["method"]))
+        if clash:
+            raise ConfigError(f"reference results: {', '.join(clash)} is also a method of the study; name it apart")
+        summary = pd.concat([summary.assign(source=""), external], ignore_index=True)[
+            list(summary.columns) + ["source"]]
+        notes.append(f"external curves (published, not measured by this study): {', '.join(sorted(set(external['method'])))}")
     text = "; ".join(([notice] if notice else []) + notes)
     write_table(summary, out / "summary.csv", notice=notice)
     write_table(summary, out / "summary.html", notice=text)
     # Per-item rows: the BD-rate keeps the items ok at every rate point of method and anchor.
-    table = bd_rate_table(frame, anchor, interpolation=interpolation, dataset_table=dataset_table)
+    table = bd_rate_table(frame, anchor, interpolation=interpolation, dataset_table=dataset_table, external=external)
     write_table(table, out / "bdrate.csv", notice=notice)
     write_table(table, out / "bdrate.html", notice=text)
     write_table(metric_definitions(frame, dataset_table), out / "metric_definitions.html")

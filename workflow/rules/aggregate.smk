@@ -54,6 +54,7 @@ rule analyse:
     input:
         metrics=f"{RESULTS}/metrics.parquet",
         dataset_metrics=dataset_metrics_table,
+        references=[entry["file"] for entry in config["reference_results"].values()],
     output:
         summary=f"{RESULTS}/summary.csv",
         summary_html=report(
@@ -91,9 +92,14 @@ rule analyse:
         dataset_metrics=lambda wc, input: (
             f"--dataset-metrics {input.dataset_metrics}" if DATASET_LEVEL_METRICS else ""
         ),
+        references=(
+            f"--reference-results {shlex.quote(json.dumps(config['reference_results'], sort_keys=True))}"
+            if config["reference_results"] else ""
+        ),
     localrule: True
     shell:
-        "{ULBC} analyse {input.metrics} {params.dataset_metrics} --outdir {RESULTS} --anchor {params.anchor} "
+        "{ULBC} analyse {input.metrics} {params.dataset_metrics} {params.references} --outdir {RESULTS} "
+        "--anchor {params.anchor} "
         "--interpolation {params.interpolation} > {log} 2>&1"
 
 
