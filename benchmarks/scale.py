@@ -153,7 +153,10 @@ def synthetic_shards(folder: Path, rows: int, files: int) -> list[Path]:
             "bits_latent": [None] * n, "macs_per_pixel": [None] * n, "encode_info": ["{}"] * n,
             "level": ["image"] * n, "clip": [""] * n, "frames": np.ones(n, np.int32),
         }
-        table = pa.table({name: columns[name] for name in METRIC_ROW_SCHEMA.names}).cast(METRIC_ROW_SCHEMA)
+        columns["metric_info"] = ['{"ms-ssim": {"options": {}}, "psnr": {"options": {}}}'] * n
+        # Columns of metrics these rows did not measure are null.
+        table = pa.table({name: columns.get(name, [None] * n) for name in METRIC_ROW_SCHEMA.names}).cast(
+            METRIC_ROW_SCHEMA)
         path = folder / method / f"q{point}" / f"{f:05d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
