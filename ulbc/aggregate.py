@@ -9,7 +9,6 @@ a few threads; the per-file cost, not the row count, is what matters at 10^4 sha
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -148,12 +147,9 @@ _CLIP_KEYS = ["dataset", "method", "rate_label", "clip"]
 
 def _measured_columns(metric_info: str | None) -> set[str]:
     """Row columns of the metrics a row's ``metric_info`` names (every metric column if it names none)."""
-    from .metrics import METRICS
+    from .metrics import METRICS, read_metric_info
 
-    try:
-        names = list(json.loads(metric_info or "{}"))
-    except ValueError:
-        names = []
+    names = list(read_metric_info(metric_info))
     if not names:
         return set(METRIC_COLUMNS)
     return {c.name for n in names if n in METRICS for c in METRICS[n].columns}

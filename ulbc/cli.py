@@ -162,14 +162,32 @@ def cmd_extract(args) -> None:
     print(json.dumps({"output": str(output), "bytes": len(data)}))
 
 
+def _option_rows(option_specs: dict) -> dict[str, dict]:
+    """Declared options (of a codec or a metric) as JSON-ready rows."""
+    return {key: {"default": spec.default, "kind": spec.kind, "accepts": spec.requirement(), "help": spec.help}
+            for key, spec in option_specs.items()}
+
+
+def _print_options(rows: dict[str, dict], *, indent: int) -> None:
+    for key, spec in rows.items():
+        print(f"{'':{indent}}{key} = {json.dumps(spec['default'])}: {spec['accepts']}"
+              + (f"; {spec['help']}" if spec["help"] else ""))
+
+
+def _dataset_table(args):
+    """The study's dataset_metrics.parquet (FID, KID) when ``--dataset-metrics`` names one."""
+    from .features import read_dataset_metrics
+
+    return read_dataset_metrics(args.dataset_metrics) if args.dataset_metrics else None
+
+
 def cmd_codecs(args) -> None:
     from .codecs import CODECS
 
     rows = []
     for name, cls in sorted(CODECS.items(), key=lambda kv: kv[1].codec_id):
         reason = cls.availability()
-        specs = {key: {"default": spec.default, "kind": spec.kind, "accepts": spec.requirement(), "help": spec.help}
-                 for key, spec in cls.option_specs.items()}
+        specs = _option_rows(cls.option_specs)
         rows.append({"name": name, "id": cls.codec_id, "media": cls.media, "gpu": cls.uses_gpu,
                      "rate_param": cls.rate_param, "default_rates": list(cls.default_rates),
                      "rate_range": list(cls.rate_range), "integer_rates": cls.integer_rates,
@@ -188,9 +206,7 @@ def cmd_codecs(args) -> None:
             whole = "whole numbers " if r["integer_rates"] else ""
             print(f"{'':16}{r['description']}")
             print(f"{'':16}rate: {r['rate_param']}, {whole}in [{lo:g}, {hi:g}]")
-            for key, spec in r["option_specs"].items():
-                print(f"{'':16}{key} = {json.dumps(spec['default'])}: {spec['accepts']}"
-                      + (f"; {spec['help']}" if spec["help"] else ""))
+            _print_options(r["option_specs"], indent=16)
 
 
 def cmd_metrics(args) -> None:
@@ -198,8 +214,7 @@ def cmd_metrics(args) -> None:
 
     rows = []
     for name, cls in METRICS.items():
-        specs = {key: {"default": spec.default, "kind": spec.kind, "accepts": spec.requirement(), "help": spec.help}
-                 for key, spec in cls.option_specs.items()}
+        specs = _option_rows(cls.option_specs)
         default_weights = list(cls().weight_names())
         rows.append({"name": name, "level": cls.level, "gpu": cls.uses_gpu, "description": cls.description,
                      "columns": [{"name": c.name, "dtype": c.dtype, "better": c.direction, "rd": c.rd,
@@ -216,9 +231,7 @@ def cmd_metrics(args) -> None:
               f"{', '.join(r['weights']) or '-':<28} {columns}")
         if args.verbose:
             print(f"{'':12}{r['description']}")
-            for key, spec in r["option_specs"].items():
-                print(f"{'':12}{key} = {json.dumps(spec['default'])}: {spec['accepts']}"
-                      + (f"; {spec['help']}" if spec["help"] else ""))
+            _print_options(r["option_specs"], indent=12)
 
 
 # -- datasets ------------------------------------------------------------------------------------------
@@ -409,7 +422,6 @@ def cmd_dataset_metrics(args) -> None:
 def cmd_analyse(args) -> None:
     from .aggregate import read_metrics, version_mix
     from .config import read_reference_results
-    from .features import read_dataset_metrics
     from .rd import analyse_study
 
     frame = read_metrics(args.metrics)
@@ -417,7 +429,7 @@ def cmd_analyse(args) -> None:
     notice = f"These results mix code versions (allow_mixed_versions): {mix}" if mix else None
     if notice:
         print(f"ulbc: warning: {notice}", file=sys.stderr)
-    dataset_table = read_dataset_metrics(args.dataset_metrics) if args.dataset_metrics else None
+    dataset_table = _dataset_table(args)
     external = read_reference_results(args.reference_results) if args.reference_results else None
     summary, table, notes = analyse_study(frame, Path(args.outdir), anchor=args.anchor,
                                           interpolation=args.interpolation, dataset_table=dataset_table,
@@ -433,22 +445,19 @@ def cmd_analyse(args) -> None:
 def cmd_export_compressai_json(args) -> None:
     from .aggregate import read_metrics
     from .compressai_json import export_compressai_json
-    from .features import read_dataset_metrics
     from .rd import summarize
 
-    dataset_table = read_dataset_metrics(args.dataset_metrics) if args.dataset_metrics else None
-    written = export_compressai_json(summarize(read_metrics(args.metrics), dataset_table=dataset_table), args.out)
+    written = export_compressai_json(summarize(read_metrics(args.metrics), dataset_table=_dataset_table(args)),
+                                     args.out)
     print(json.dumps({"files": [str(p) for p in written]}))
 
 
 def cmd_bdrate(args) -> None:
     from .aggregate import read_metrics
-    from .features import read_dataset_metrics
     from .rd import bd_rate_table, write_table
 
-    dataset_table = read_dataset_metrics(args.dataset_metrics) if args.dataset_metrics else None
     table = bd_rate_table(read_metrics(args.metrics), args.anchor, interpolation=args.interpolation,
-                          dataset_table=dataset_table)
+                          dataset_table=_dataset_table(args))
     if args.out:
         write_table(table, args.out)
     cols = ["dataset", "method", "anchor"] + [c for c in table.columns if c.startswith("bd_rate_")]
@@ -592,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("metrics", help="registered metrics: level, GPU use, weights, columns")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--verbose", action="store_true", help="also each metric's description and options")
+    p.add_argument("-v", "--verbose", action="store_true", help="also each metric's description and options")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("datasets", help="dataset registry")

@@ -97,6 +97,16 @@ def _read_arrays(path: str, meta: dict, key: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _joined_features(files: list[tuple[str, dict]], metric: str, key: str) -> dict[str, np.ndarray]:
+    """The features ``key`` of every file of a rate point, concatenated per side."""
+    missing = [path for path, meta in files if key not in meta["keys"]]
+    if missing:
+        raise InputError(f"{missing[0]}: holds no features for metric {metric!r} ({key})")
+    parts = [_read_arrays(path, meta, key) for path, meta in files]
+    return {side: np.concatenate([p[side] for p in parts if p[side].size] or [np.zeros((0, 0), np.float32)])
+            for side in sorted(parts[0])}
+
+
 def _metrics_of(meta: dict) -> list[Metric]:
     """The dataset-level metrics a features file was made for, with the options it records."""
     info = meta["metric_info"]
@@ -123,17 +133,13 @@ def dataset_metric_table(feature_paths: Iterable[str | os.PathLike], out_path: s
         row: dict[str, Any] = dict(zip(RATE_POINT_KEYS, point), n_items=sum(len(m["items"]) for _, m in files),
                                    metric_info=infos[0], code_digest=digests[0])
         notes = []
+        joined_by_key: dict[str, dict[str, np.ndarray]] = {}  # FID and KID share one set of features
         for metric in _metrics_of(files[0][1]):
             key = metric.features_key()
-            missing = [path for path, meta in files if key not in meta["keys"]]
-            if missing:
-                raise InputError(f"{missing[0]}: holds no features for metric {metric.name!r} ({key})")
-            parts = [_read_arrays(path, meta, key) for path, meta in files]
-            sides = sorted(parts[0])
-            joined = {side: np.concatenate([p[side] for p in parts if p[side].size] or [np.zeros((0, 0), np.float32)])
-                      for side in sides}
+            if key not in joined_by_key:
+                joined_by_key[key] = _joined_features(files, metric.name, key)
             try:
-                values = check_values(metric, metric.from_features(joined), metric.columns)
+                values = check_values(metric, metric.from_features(joined_by_key[key]), metric.columns)
             except MetricUndefined as exc:
                 values = {column.name: math.nan if column.dtype == "float64" else None for column in metric.columns}
                 notes.append(f"{metric.name}: {exc}")

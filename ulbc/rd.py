@@ -25,7 +25,7 @@ import pandas as pd
 
 from .errors import ConfigError, InputError
 from .fsutil import atomic_path
-from .metrics import METRICS, all_columns
+from .metrics import METRICS, all_columns, read_metric_info
 from .schema import RD_LEVELS
 
 GROUP_KEYS = ["dataset", "method", "codec", "rate_label", "rate_value"]
@@ -62,10 +62,7 @@ def measured_metrics(rows: pd.DataFrame) -> list[str]:
     named: set[str] = set()
     if "metric_info" in rows.columns:
         for text in rows["metric_info"].dropna().unique():
-            try:
-                named.update(json.loads(text))
-            except (TypeError, ValueError):
-                continue
+            named.update(read_metric_info(text))
     found = []
     for name, cls in METRICS.items():
         if name in named:
@@ -85,18 +82,15 @@ def quality_columns(metric_names: Sequence[str], *, rd_only: bool = False) -> li
     return out
 
 
-def _mean_of_column(values: pd.Series, column) -> tuple[float, int]:
-    """(mean, number of capped values): NaN if any value is NaN (a mean over a subset of the items
-    would describe another set than the other columns); +inf counted at the column's cap."""
+def _mean_of_column(values: pd.Series, column) -> float:
+    """NaN if any value is NaN (a mean over a subset of the items would describe another set than
+    the other columns); +inf counted at the column's cap."""
     values = values.astype("float64")
     if values.isna().any() or values.empty:
-        return math.nan, 0
-    capped = 0
+        return math.nan
     if column.cap is not None:
-        infinite = np.isposinf(values.to_numpy())
-        capped = int(infinite.sum())
-        values = values.where(~infinite, column.cap)
-    return float(values.mean()), capped
+        values = values.where(~np.isposinf(values.to_numpy()), column.cap)
+    return float(values.mean())
 
 
 def summarize(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
@@ -148,7 +142,7 @@ def summarize(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
         for name in item_names:
             means = {}
             for column in METRICS[name].columns:
-                means[column.name], _ = _mean_of_column(ok[column.name], column)
+                means[column.name] = _mean_of_column(ok[column.name], column)
                 if column.cap is not None:
                     lossless |= np.isposinf(ok[column.name].astype("float64").to_numpy())
             record.update(means)
@@ -345,6 +339,7 @@ def _rows_by_item(rows: pd.DataFrame, anchor: str, metric_names: Sequence[str], 
         if has_anchor:
             methods = [anchor] + [m for m in methods if m != anchor]
             anchor_seen, anchor_ok, anchor_dead, anchor_rows = by_method[anchor]
+        anchor_own = None  # the anchor's curve over all its ok items, for published curves
         for method in methods:
             seen, common, dead, ok_rows = by_method[method]
             notes = []
@@ -367,14 +362,13 @@ def _rows_by_item(rows: pd.DataFrame, anchor: str, metric_names: Sequence[str], 
             summary = summarize(ok_rows[ok_rows["item"].isin(common)], metrics=metric_names,
                                 dataset_table=dataset_table)
             anchor_points = summary[summary["method"] == anchor] if has_anchor else None
+            if method == anchor:
+                anchor_own = anchor_points
             yield dataset, method, summary[summary["method"] == method], anchor_points, len(common), excluded, notes
         if external is None:
             continue
         # Published curves: their points as given, against the anchor over all its ok items.
-        anchor_points = None
-        if has_anchor:
-            anchor_points = summarize(anchor_rows[anchor_rows["item"].isin(anchor_ok)], metrics=metric_names,
-                                      dataset_table=dataset_table)
+        anchor_points = anchor_own
         for method, points in external[external["dataset"] == dataset].groupby("method", sort=True):
             notes = [f"external curve ({points['source'].iloc[0]}): published points, taken as given"]
             if not has_anchor:
@@ -655,13 +649,7 @@ def metric_definitions(frame: pd.DataFrame, dataset_table: pd.DataFrame | None =
         sources.append(dataset_table["metric_info"])
     for series in sources:
         for text in series.dropna().unique():
-            try:
-                record = json.loads(text)
-            except (TypeError, ValueError):
-                continue
-            if not isinstance(record, dict):
-                continue
-            for name, info in record.items():
+            for name, info in read_metric_info(text).items():
                 infos.setdefault(name, set()).add(json.dumps(info, sort_keys=True))
     names = measured_metrics(frame)
     if dataset_table is not None:

@@ -6,6 +6,7 @@ tables, RD plots and the report. ``ulbc metrics`` lists what is registered.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 import numpy as np
@@ -41,8 +42,6 @@ def metric_class(name: str) -> type[Metric]:
         raise ConfigError(f"unknown metric {name!r}; registered metrics: {', '.join(sorted(METRICS))}") from None
 
 
-
-
 def item_metrics() -> list[type[Metric]]:
     return [cls for cls in METRICS.values() if cls.level == "item"]
 
@@ -59,6 +58,15 @@ def item_columns() -> list[Column]:
 def all_columns() -> dict[str, Column]:
     """Every column (row, dataset-level and derived) by name."""
     return {column.name: column for cls in METRICS.values() for column in (*cls.columns, *cls.derived)}
+
+
+def read_metric_info(text: object) -> dict[str, dict]:
+    """A row's ``metric_info`` JSON as {metric: settings}; empty for rows without a readable one."""
+    try:
+        record = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def build_metrics(names: Iterable[str], options: dict[str, dict[str, Any]] | None = None, *,
@@ -83,13 +91,11 @@ def check_pair(reference: np.ndarray, reconstruction: np.ndarray) -> None:
         raise InputError("metrics expect 8-bit images")
 
 
-def compute_metrics(metrics: Iterable[Metric | str], reference: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
-    """The per-item columns of the item metrics among ``metrics`` (names or instances)."""
+def compute_metrics(metrics: Iterable[Metric], reference: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
+    """The per-item columns of the item metrics among ``metrics`` (instances, :func:`build_metrics`)."""
     check_pair(reference, reconstruction)
     row: dict[str, float] = {}
     for metric in metrics:
-        if isinstance(metric, str):
-            metric = metric_class(metric)()
         if metric.level != "item":
             continue
         row.update(check_values(metric, metric.compute(reference, reconstruction), metric.columns))

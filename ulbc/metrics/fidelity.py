@@ -109,21 +109,29 @@ class MSSSIM(Metric):
         return {"ms_ssim_db": _db(means["ms_ssim_rgb"])}
 
 
+class _YCbCrMetric(Metric):
+    """A metric on both images converted to Y'CbCr with the configured matrix and range."""
+
+    option_specs = _COLOUR_OPTIONS
+
+    def _ycbcr(self, reference: np.ndarray, reconstruction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        matrix, value_range = self.options["matrix"], self.options["range"]
+        return rgb_to_ycbcr(reference, matrix, value_range), rgb_to_ycbcr(reconstruction, matrix, value_range)
+
+
 @register_metric
-class PSNRY(Metric):
+class PSNRY(_YCbCrMetric):
     name = "psnr-y"
     description = "PSNR of luma Y' (matrix and range as configured), peak 255"
     columns = (Column("psnr_y", "PSNR, Y', mean over items (dB)", cap=PSNR_CAP_DB),)
-    option_specs = _COLOUR_OPTIONS
 
     def compute(self, reference, reconstruction):
-        ref = rgb_to_ycbcr(reference, self.options["matrix"], self.options["range"])
-        rec = rgb_to_ycbcr(reconstruction, self.options["matrix"], self.options["range"])
+        ref, rec = self._ycbcr(reference, reconstruction)
         return {"psnr_y": _psnr(_mse(ref[..., 0], rec[..., 0]))}
 
 
 @register_metric
-class PSNRYUV(Metric):
+class PSNRYUV(_YCbCrMetric):
     name = "psnr-yuv"
     description = "(6·PSNR-Y + PSNR-Cb + PSNR-Cr) / 8, the video-coding weighting, with its components"
     columns = (
@@ -131,28 +139,24 @@ class PSNRYUV(Metric):
         Column("psnr_u", "PSNR, Cb, mean over items (dB)", rd=False, cap=PSNR_CAP_DB),
         Column("psnr_v", "PSNR, Cr, mean over items (dB)", rd=False, cap=PSNR_CAP_DB),
     )
-    option_specs = _COLOUR_OPTIONS
 
     def compute(self, reference, reconstruction):
-        ref = rgb_to_ycbcr(reference, self.options["matrix"], self.options["range"])
-        rec = rgb_to_ycbcr(reconstruction, self.options["matrix"], self.options["range"])
+        ref, rec = self._ycbcr(reference, reconstruction)
         y, u, v = (_psnr(_mse(ref[..., c], rec[..., c])) for c in range(3))
         # A lossless plane (inf) makes the weighted sum inf: the item is lossless in that plane.
         return {"psnr_yuv": (6.0 * y + u + v) / 8.0, "psnr_u": u, "psnr_v": v}
 
 
 @register_metric
-class MSSSIMY(Metric):
+class MSSSIMY(_YCbCrMetric):
     name = "ms-ssim-y"
     description = "MS-SSIM of luma Y' (matrix and range as configured), data range 255"
     columns = (Column("ms_ssim_y", "MS-SSIM, Y' (mean over items)", rd=False),)
     derived = (Column("ms_ssim_y_db", "MS-SSIM Y' (dB) = -10·log10(1 - MS-SSIM)"),)
-    option_specs = _COLOUR_OPTIONS
 
     def compute(self, reference, reconstruction):
-        ref = rgb_to_ycbcr(reference, self.options["matrix"], self.options["range"])[..., :1]
-        rec = rgb_to_ycbcr(reconstruction, self.options["matrix"], self.options["range"])[..., :1]
-        return {"ms_ssim_y": _ms_ssim(ref, rec)}
+        ref, rec = self._ycbcr(reference, reconstruction)
+        return {"ms_ssim_y": _ms_ssim(ref[..., :1], rec[..., :1])}
 
     def derive(self, means):
         return {"ms_ssim_y_db": _db(means["ms_ssim_y"])}
