@@ -52,6 +52,35 @@ QUICK_OPTIONS = {
 }
 
 
+#: CompressAI codecs -> their architecture (the ``compressai`` codec: the one its quick options name).
+COMPRESSAI_CODECS = {name: name for name in ("bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean",
+                                             "mbt2018", "cheng2020-anchor", "cheng2020-attn")}
+COMPRESSAI_CODECS["compressai"] = "bmshj2018-factorized-relu"
+_STANDIN_FOLDER: list[Path] = []
+
+
+def quick_options(name: str) -> dict:
+    """Options that make codec ``name`` fast in tests: small budgets for the trained codecs, and
+    tiny random stand-in checkpoints (tests/standin_weights.py) for CompressAI's (no zoo weights here)."""
+    if name not in COMPRESSAI_CODECS:
+        return dict(QUICK_OPTIONS.get(name, {}))
+    import tempfile
+
+    from standin_weights import write_compressai_standins
+    from ulbc.codecs import CODECS
+
+    if not _STANDIN_FOLDER:
+        import atexit
+
+        _STANDIN_FOLDER.append(Path(tempfile.mkdtemp(prefix="ulbc-compressai-standins-")))
+        atexit.register(shutil.rmtree, _STANDIN_FOLDER[0], True)
+    architecture = COMPRESSAI_CODECS[name]
+    low, high = (int(v) for v in CODECS[name].rate_range)
+    qualities = range(low, min(high, 8) + 1)
+    pattern, _ = write_compressai_standins(_STANDIN_FOLDER[0], architecture, qualities)
+    return {"checkpoint": pattern, **({"arch": architecture} if name == "compressai" else {})}
+
+
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
 

@@ -72,3 +72,43 @@ def write_standins(folder: Path, names=tuple(STANDINS), *, seed: int = 0) -> tup
     registry = folder / "standin-registry.yaml"
     registry.write_text(yaml.safe_dump(entries, sort_keys=False))
     return registry, mapping
+
+
+#: Channels of the CompressAI stand-ins: the zoo's architectures at a few channels (the zoo's are
+#: 128-320), so that a test codes an image in milliseconds.
+COMPRESSAI_STANDIN_CHANNELS = {"N": 8, "M": 12}
+
+
+def compressai_standin_state(architecture: str, *, seed: int = 0) -> dict:
+    """A random-initialised CompressAI model in the zoo's file layout: its state dict with the
+    entropy coders' CDF tables computed (``update()``), as the published files hold them."""
+    import torch
+
+    from ulbc.compressai_runtime import _model_class
+
+    torch.manual_seed(seed)
+    cls = _model_class(architecture)
+    n, m = COMPRESSAI_STANDIN_CHANNELS["N"], COMPRESSAI_STANDIN_CHANNELS["M"]
+    net = cls(n) if architecture.startswith("cheng2020") else cls(n, m)
+    net.update(force=True)
+    return net.state_dict()
+
+
+def write_compressai_standins(folder: Path, architecture: str, qualities) -> tuple[str, list[dict]]:
+    """Stand-ins of ``architecture`` at each quality (seeded by it), as
+    ``{folder}/{architecture}-q{quality}.pth.tar``. Returns (the codec's ``checkpoint:`` pattern,
+    site-registry entries naming them ``standin-compressai-{architecture}-q{quality}``)."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for quality in qualities:
+        path = folder / f"{architecture}-q{quality}.pth.tar"
+        if not path.is_file():
+            torch.save(compressai_standin_state(architecture, seed=quality), path)
+        entries.append({"name": f"standin-compressai-{architecture}-q{quality}", "file_name": path.name,
+                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "size": path.stat().st_size,
+                        "licence": "test (random values)", "used_by": ["tests"],
+                        "description": f"random-initialised stand-in for CompressAI {architecture}: zoo layout, "
+                                       f"{COMPRESSAI_STANDIN_CHANNELS} channels, meaningless values"})
+    return str(folder / f"{architecture}-q{{quality}}.pth.tar"), entries

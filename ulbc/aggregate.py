@@ -194,6 +194,7 @@ def with_clip_rows(table: pa.Table) -> pa.Table:
         if not ok:
             bad = part[~part["status"].eq("ok")].iloc[0]
             row.update(status=bad["status"], error=f"frame {bad['item']}: {bad['error']}")
+        row["bpp_estimated"] = float(part["bpp_estimated"].mean()) if part["bpp_estimated"].notna().all() else None
         row["encode_info"] = ""
         rows.append(row)
     if not rows:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,9 @@ class MethodPlan:
     gpu: int
     media: str = "image"  # "video": the codec codes clips (it reads the clip manifest)
     datasets: tuple[str, ...] | None = None  # None: every dataset of the study
+    #: Weights-registry files the codec loads, per rate label, and other files its encoder reads.
+    weights: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    checkpoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def runs_on(self, dataset: str) -> bool:
         return self.datasets is None or dataset in self.datasets
@@ -108,14 +111,19 @@ def plan_methods(config: dict) -> dict[str, MethodPlan]:
             raise ConfigError(f"methods.{name}: codec {codec_name!r} is not available here: {reason}")
         rates = entry.get("rates") or list(cls.default_rates)
         points = []
+        weight_files: dict[str, tuple[str, ...]] = {}
+        checkpoint_files: dict[str, tuple[str, ...]] = {}
         for value in rates:
             if isinstance(value, str):  # "1e-3": YAML 1.1 leaves exponent numbers without a dot as text
                 value = float(value)
             try:
                 codec.check_rate(value)
+                codec.check_resources(value)
             except ConfigError as exc:
                 raise ConfigError(f"methods.{name}.rates: {exc}") from None
             points.append(RatePoint(codec.rate_label(value), float(value)))
+            weight_files[points[-1].label] = tuple(codec.weight_names(value))
+            checkpoint_files[points[-1].label] = tuple(codec.checkpoint_files(value))
         labels = [p.label for p in points]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"methods.{name}.rates: duplicate rate points {labels}")
@@ -131,6 +139,8 @@ def plan_methods(config: dict) -> dict[str, MethodPlan]:
             gpu=int(res.get("gpu", 1 if cls.uses_gpu else 0)),
             media=cls.media,
             datasets=tuple(entry["datasets"]) if entry.get("datasets") is not None else None,
+            weights=weight_files,
+            checkpoints=checkpoint_files,
         )
     return plans
 
@@ -178,15 +188,14 @@ def check_study(config: dict) -> dict[str, MethodPlan]:
         unknown = [d for d in plan.datasets or () if d not in config["datasets"]]
         if unknown:
             raise ConfigError(f"methods.{plan.name}.datasets: {', '.join(unknown)} not among the study's datasets")
-    weight_names = study_weight_names(config)
-    if weight_names and not config.get("fetch_weights", False):
+    if not config.get("fetch_weights", False):
         from . import weights
 
-        for name in weight_names:
+        for name, needed_by in study_weight_users(config, plans).items():
             try:
                 weights.require_present(name)
             except weights.WeightsMissingError as exc:
-                raise ConfigError(f"metrics: {exc}") from None
+                raise ConfigError(f"{needed_by}: {exc}") from None
     for name, entry in (config.get("reference_results") or {}).items():
         if name in plans:
             raise ConfigError(f"reference_results.{name}: is also a method of the study; name it apart")
@@ -207,17 +216,28 @@ def dataset_metric_options(config: dict, dataset: str) -> dict[str, dict]:
     return merged
 
 
-def study_weight_names(config: dict) -> list[str]:
-    """Weight files the study's metrics load, on every dataset (checks each dataset's metric options)."""
-    names: list[str] = []
+def study_weight_users(config: dict, plans: dict[str, MethodPlan] | None = None) -> dict[str, str]:
+    """Weight files the study loads -> who needs them first ('metrics', 'methods.NAME'): the
+    metrics' on every dataset (checks each dataset's metric options), then the codecs'."""
+    users: dict[str, str] = {}
     for dataset in config["datasets"]:
         try:
             metrics = build_metrics(config["metrics"], dataset_metric_options(config, dataset), device="cpu")
         except ConfigError as exc:
             raise ConfigError(f"datasets.{dataset}: {exc}") from None
         for metric in metrics:
-            names += [n for n in metric.weight_names() if n not in names]
-    return names
+            for name in metric.weight_names():
+                users.setdefault(name, "metrics")
+    for plan in (plan_methods(config) if plans is None else plans).values():
+        for names in plan.weights.values():
+            for name in names:
+                users.setdefault(name, f"methods.{plan.name}")
+    return users
+
+
+def study_weight_names(config: dict, plans: dict[str, MethodPlan] | None = None) -> list[str]:
+    """The weight files the study's metrics and codecs load, each once."""
+    return list(study_weight_users(config, plans))
 
 
 def read_reference_results(references: dict) -> pd.DataFrame | None:

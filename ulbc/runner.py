@@ -11,6 +11,7 @@ nothing that looks finished.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sys
@@ -370,6 +371,14 @@ def decode_shard(
     return count
 
 
+def _encoder_facts(encode_info: str) -> dict[str, Any]:
+    """The row columns an encoder reports in its info: bpp_estimated and codec_weights."""
+    info = json.loads(encode_info) if encode_info else {}
+    estimate = info.get("bpp_estimated")
+    return dict(bpp_estimated=float(estimate) if estimate is not None else None,
+                codec_weights=canonical_json(info["weights"]) if info.get("weights") else "")
+
+
 def _clip_metrics(root: Path, row, record: dict, pack: PackReader, decoded_pack, metrics: list[Metric],
                   collector: FeatureCollector | None) -> list[dict]:
     """Per-frame metrics of a decoded clip: fills the clip row (mean over frames: the usual video
@@ -388,8 +397,8 @@ def _clip_metrics(root: Path, row, record: dict, pack: PackReader, decoded_pack,
             collector.add(row.item, original, decoded)
         keys = list(values)
         frame_rows.append(dict(record, item=f"{row.item}/{path.stem}", level="frame", frames=1, bytes=None,
-                               payload_bytes=None, bpp=math.nan, payload_bpp=math.nan, encode_s=math.nan,
-                               decode_s=math.nan, **dict.fromkeys(BITSTREAM_STAT_COLUMNS),
+                               payload_bytes=None, bpp=math.nan, payload_bpp=math.nan, bpp_estimated=None,
+                               encode_s=math.nan, decode_s=math.nan, **dict.fromkeys(BITSTREAM_STAT_COLUMNS),
                                **values, status="ok", error=""))
     means = {k: float(np.mean([f[k] for f in frame_rows])) for k in keys}
     record.update(means, status="ok", error="")
@@ -473,6 +482,7 @@ def metrics_shard(
             record = dict(common, item=row.item, width=int(row.width), height=int(row.height), seed=e["seed"],
                           codec_version=e["codec_version"], encode_s=e["encode_s"], device=e["device"],
                           encode_info=e["encode_info"], **dict.fromkeys(BITSTREAM_STAT_COLUMNS),
+                          **_encoder_facts(e["encode_info"]),
                           bytes=None, payload_bytes=None, bpp=math.nan, payload_bpp=math.nan, decode_s=math.nan,
                           level=level, clip=row.clip if level != "image" else "", frames=frames, **empty_metrics)
             pixels = row.width * row.height * frames

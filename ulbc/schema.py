@@ -40,6 +40,9 @@ METRIC_ROW_SCHEMA = pa.schema(
         pa.field("payload_bytes", pa.int64()),  # the codec's own stream only
         pa.field("bpp", pa.float64()),  # 8 * bytes / (width * height)
         pa.field("payload_bpp", pa.float64()),
+        # The encoder's own estimate of bpp from its entropy model's likelihoods, where it makes one
+        # (CompressAI's models: their forward() estimate, next to the file's real bpp).
+        pa.field("bpp_estimated", pa.float64()),
     ]
     + [pa.field(column.name, _ARROW_TYPES[column.dtype]) for column in item_columns()]
     + [
@@ -56,6 +59,7 @@ METRIC_ROW_SCHEMA = pa.schema(
         pa.field("config_hash", pa.string()),
         pa.field("library_versions", pa.string()),  # JSON {package: version}
         pa.field("metric_info", pa.string()),  # JSON {metric: {options, weights: {name: sha256}}}
+        pa.field("codec_weights", pa.string()),  # JSON {file, sha256} of the codec's model weights ("" if none)
         # Read from the bitstream by codecs that report them (null otherwise): the rate split of the
         # overfitted codecs (network parameters, LotteryCodec mask, latents; the rest of 8*bytes is
         # headers) and the decoder's multiply-accumulates per pixel.

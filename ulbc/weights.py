@@ -149,7 +149,38 @@ _BUILTIN = (
     ),
 )
 
-WEIGHTS: dict[str, WeightFile] = {entry.name: entry for entry in _BUILTIN}
+#: CompressAI's published image models: where they are served, and the table of their files.
+COMPRESSAI_ZOO_URL = "https://compressai.s3.amazonaws.com/models/v1"
+_COMPRESSAI_ZOO_TABLE = Path(__file__).with_name("data") / "compressai_zoo.tsv"
+
+
+def compressai_zoo_name(architecture: str, metric: str, quality: int) -> str:
+    """The weights name of one published CompressAI model: 'compressai-mbt2018-mse-q3'."""
+    return f"compressai-{architecture}-{metric}-q{quality}"
+
+
+def _compressai_zoo() -> tuple[WeightFile, ...]:
+    """One entry per file of CompressAI's zoo (compressai.zoo.image.model_urls, a test keeps them equal).
+
+    Only the 8 hex digits of the file name are published, so these entries check a sha256 prefix,
+    as torch hub does; a file torch hub downloaded for ``compressai.zoo`` is found in its cache.
+    """
+    entries = []
+    for line in _COMPRESSAI_ZOO_TABLE.read_text().splitlines():
+        if not line or line.startswith("#") or line.startswith("architecture\t"):
+            continue
+        architecture, metric, quality, file_name = line.split("\t")
+        prefix = re.search(r"-([0-9a-f]{8})\.pth\.tar$", file_name)
+        assert prefix, file_name
+        entries.append(WeightFile(
+            name=compressai_zoo_name(architecture, metric, int(quality)), file_name=file_name,
+            urls=(f"{COMPRESSAI_ZOO_URL}/{file_name}",), sha256=prefix.group(1), size=None,
+            licence="BSD-3-Clause-Clear (CompressAI)", used_by=(architecture,),
+            description=f"CompressAI zoo {architecture}, trained for {metric}, quality {quality}"))
+    return tuple(entries)
+
+
+WEIGHTS: dict[str, WeightFile] = {entry.name: entry for entry in (*_BUILTIN, *_compressai_zoo())}
 _BUILTIN_NAMES = frozenset(WEIGHTS)
 #: Which ``$ULBC_WEIGHTS_REGISTRY`` file is loaded, and the names it added.
 _site: dict[str, Any] = {"path": None, "names": ()}
@@ -399,6 +430,11 @@ def require_present(name: str) -> Path:
         if path.is_file() and (entry.size is None or size == entry.size):
             return path
     raise WeightsMissingError(_missing_message(entry, verify(name)))
+
+
+def path_sha256(path: str | os.PathLike) -> str:
+    """Full sha256 of any file (each file is read once per process)."""
+    return _sha256(Path(path))
 
 
 def file_sha256(name: str) -> str:

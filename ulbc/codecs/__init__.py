@@ -76,6 +76,7 @@ from . import ffmpeg_codecs  # noqa: E402,F401
 from . import overfitted  # noqa: E402,F401
 from . import video_ffmpeg  # noqa: E402,F401
 from . import nerv  # noqa: E402,F401
+from . import compressai_zoo  # noqa: E402,F401
 
 __all__ = [
     "CODECS",

@@ -238,6 +238,20 @@ class Codec(ABC):
         """Version string of the underlying library or tool, recorded with every result row."""
         return "unknown"
 
+    def weight_names(self, rate: float) -> list[str]:
+        """Weights-registry files (:mod:`ulbc.weights`) the codec loads at ``rate``: the study
+        verifies (or fetches) them before its jobs run."""
+        return []
+
+    def check_resources(self, rate: float) -> None:
+        """ConfigError (one line) when a file the encoder needs at ``rate`` cannot be there: a
+        checkpoint that does not exist. Weights-registry files are checked by the study."""
+
+    def checkpoint_files(self, rate: float) -> list[str]:
+        """Other local files the encoder reads at ``rate`` (a user's checkpoint): inputs of the
+        encode jobs, so that a changed file re-encodes."""
+        return []
+
     def rate_label(self, rate: float) -> str:
         return f"{self.rate_param}{format_rate(rate)}"
 

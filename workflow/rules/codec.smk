@@ -7,6 +7,7 @@
 rule encode_shard:
     input:
         manifest=method_manifest,
+        weights=encoder_weights,
     output:
         pack=f"{RESULTS}/bitstreams/{SHARD_DIR}.zip",
         log=f"{RESULTS}/work/{SHARD_DIR}.encode.parquet",

@@ -39,7 +39,7 @@ VIDEO_DATASETS = {name: is_video_entry(entry) for name, entry in config["dataset
 # Distribution metrics (FID, KID): evaluate jobs also write features, reduced per rate point.
 DATASET_LEVEL_METRICS = [m for m in config["metrics"] if metric_class(m).level == "dataset"]
 # Weight files the metrics load: verified (or fetched) once, by one job, before the fan-out.
-WEIGHT_NAMES = study_weight_names(config)
+WEIGHT_NAMES = study_weight_names(config, PLANS)
 WEIGHTS_RECORD = f"{RESULTS}/weights.json"
 
 
@@ -114,8 +114,16 @@ def metric_arguments(wildcards):
 
 
 def weights_record(wildcards):
-    """The study's weights record (an input of evaluate jobs), when its metrics load weight files."""
+    """The study's weights record (an input of evaluate jobs), when its metrics or codecs load weight files."""
     return [WEIGHTS_RECORD] if WEIGHT_NAMES else []
+
+
+def encoder_weights(wildcards):
+    """What an encode job reads besides its items: the weights record, when the codec loads
+    registered weights, and a user's checkpoint files (changed files re-encode)."""
+    the_plan = PLANS[wildcards.method]
+    record = [WEIGHTS_RECORD] if the_plan.weights.get(wildcards.rate) else []
+    return record + list(the_plan.checkpoints.get(wildcards.rate, ()))
 
 
 def features_output():
