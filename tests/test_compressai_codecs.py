@@ -50,9 +50,15 @@ def image(photo):
     return np.ascontiguousarray(photo[:70, :90])  # not a multiple of 64: padded, then cropped back
 
 
-def served_standins(tmp_path, monkeypatch, architecture, qualities=(1, 2)):
-    """Stand-ins of ``architecture`` registered in a site registry and fetched from 127.0.0.1."""
-    pattern, entries = write_compressai_standins(tmp_path / "standins", architecture, qualities)
+def served_standins(tmp_path, monkeypatch, architectures, qualities=(1, 2)):
+    """Stand-ins of each architecture registered in a site registry and fetched from 127.0.0.1;
+    returns the checkpoint pattern of each and the registry entries."""
+    if isinstance(architectures, str):
+        architectures = [architectures]
+    patterns, entries = {}, []
+    for architecture in architectures:
+        entries += write_compressai_standins(tmp_path / "standins", architecture, qualities)[1]
+        patterns[architecture] = "standin-compressai-" + architecture + "-q{quality}"
     registry = tmp_path / "registry.yaml"
     registry.write_text(yaml.safe_dump(entries, sort_keys=False))
     monkeypatch.setenv("ULBC_WEIGHTS_REGISTRY", str(registry))
@@ -62,7 +68,8 @@ def served_standins(tmp_path, monkeypatch, architecture, qualities=(1, 2)):
         for entry in entries:
             weights.fetch(entry["name"], progress=False)
         assert sorted(p for p, _ in server.requests) == sorted(files)
-    return "standin-compressai-" + architecture + "-q{quality}", entries
+    monkeypatch.delenv("ULBC_WEIGHTS_MIRROR")  # from here on only the verified cache serves them
+    return (patterns[architectures[0]] if len(architectures) == 1 else patterns), entries
 
 
 def compressai_reference(architecture, checkpoint: Path, image: np.ndarray) -> tuple[np.ndarray, int]:
@@ -87,45 +94,47 @@ def compressai_reference(architecture, checkpoint: Path, image: np.ndarray) -> t
     return x_hat.permute(1, 2, 0).numpy(), sum(len(s[0]) for s in out["strings"])
 
 
-def ulbc_cli(*args, env=None):
-    proc = subprocess.run([sys.executable, "-m", "ulbc", *args], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-@pytest.mark.parametrize("name", sorted(ARCHS))
-def test_cli_round_trip_equals_compressai_and_bpp_is_the_file(name, image, tmp_path, monkeypatch):
+def test_cli_round_trip_equals_compressai_and_bpp_is_the_file(image, tmp_path, monkeypatch, capsys):
+    """Every architecture: `ulbc encode` with stand-in weights fetched through the weights manager,
+    then `ulbc decode` in a fresh process (the file and the weights cache only) gives CompressAI's
+    own compress/decompress pixels; bpp is the file's."""
     import os
 
     from PIL import Image
 
     from ulbc import bitstream
+    from ulbc.cli import main as ulbc_main
     from ulbc.imageio import load_rgb
 
-    architecture = ARCHS[name]
-    pattern, entries = served_standins(tmp_path, monkeypatch, architecture)
-    monkeypatch.delenv("ULBC_WEIGHTS_MIRROR")  # from here on only the verified cache serves them
+    patterns, _ = served_standins(tmp_path, monkeypatch, sorted(set(ARCHS.values())))
     source = tmp_path / "in.png"
     Image.fromarray(image).save(source)
-    options = {"checkpoint": pattern, **({"arch": architecture} if name == "compressai" else {})}
-    stream = tmp_path / "out.ulb"
-    env = {**os.environ}
-    report = json.loads(ulbc_cli("encode", "--codec", name, "--rate", "2", "--options", json.dumps(options),
-                                 str(source), str(stream), env=env).stdout)
-    decoded_path = tmp_path / "decoded.png"
-    ulbc_cli("decode", str(stream), str(decoded_path), env=env)  # a fresh process: only the file and the cache
-    decoded = load_rgb(decoded_path)
-    checkpoint = tmp_path / "standins" / f"{architecture}-q2.pth.tar"
-    expected, string_bytes = compressai_reference(architecture, checkpoint, image)
-    assert np.array_equal(decoded, expected)
-    data = stream.read_bytes()
-    container = bitstream.parse(data)
-    assert len(container.payload) == string_bytes  # the payload is CompressAI's strings, nothing else
-    # bpp is the file's; the container and the codec's parameters are all it adds to CompressAI's
-    # strings (CompressAI's own bpp counts the strings only); the likelihood estimate stands beside it.
-    assert report["bytes"] == len(data) and report["bpp"] == 8 * len(data) / (image.shape[0] * image.shape[1])
-    assert len(data) - string_bytes == container.overhead
-    assert report["encoder"]["bpp_estimated"] > 0
+    decodes = []
+    for name, architecture in sorted(ARCHS.items()):
+        options = {"checkpoint": patterns[architecture], **({"arch": architecture} if name == "compressai" else {})}
+        stream = tmp_path / f"{name}.ulb"
+        capsys.readouterr()
+        ulbc_main(["encode", "--codec", name, "--rate", "2", "--options", json.dumps(options), str(source),
+                   str(stream)])
+        report = json.loads(capsys.readouterr().out)
+        data = stream.read_bytes()
+        # bpp is the file's: the container and the codec's parameters are all it adds to CompressAI's
+        # strings (which CompressAI's own bpp counts alone); the likelihood estimate stands beside it.
+        assert report["bytes"] == len(data) and report["bpp"] == 8 * len(data) / (image.shape[0] * image.shape[1])
+        assert report["encoder"]["bpp_estimated"] > 0
+        decodes.append((name, architecture, stream, tmp_path / f"{name}.png"))
+    script = "from ulbc.cli import main\n" + "".join(
+        f"main(['decode', {str(s)!r}, {str(p)!r}])\n" for _, _, s, p in decodes)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, architecture, stream, png in decodes:
+        checkpoint = tmp_path / "standins" / f"{architecture}-q2.pth.tar"
+        expected, string_bytes = compressai_reference(architecture, checkpoint, image)
+        assert np.array_equal(load_rgb(png), expected), name
+        container = bitstream.parse(stream.read_bytes())
+        assert len(container.payload) == string_bytes, name  # the payload is CompressAI's strings, nothing else
+        assert stream.stat().st_size - string_bytes == container.overhead
 
 
 def test_encoder_reports_the_estimate_weights_and_checksum(image, tmp_path, monkeypatch):
@@ -352,3 +361,29 @@ def test_a_study_runs_zoo_layout_standins_and_a_user_checkpoint(tmp_path, photo,
     assert summary.loc[summary["method"] != "jpeg", "bpp_estimated"].notna().all()
     record = json.loads((out / "weights.json").read_text())
     assert set(record) == {e["name"] for e in entries}
+
+
+def test_decodes_run_on_the_cpu_whatever_device_is_asked(image, tmp_path):
+    from ulbc.codecs import get_codec
+    from ulbc.runner import decode_bitstream_data
+
+    pattern, _ = write_compressai_standins(tmp_path / "standins", "mbt2018-mean", [1])
+    data = get_codec("mbt2018-mean", checkpoint=pattern).encode(image, 1)
+    codec, _, decoded, device = decode_bitstream_data(data, device="cuda", name="x.ulb")
+    assert device == "cpu" and not codec.gpu_decoder and codec.uses_gpu  # g_a may use a GPU, decoding never
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert np.array_equal(decode_bitstream_data(data, device="cpu", name="x.ulb")[2], decoded)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+
+
+def test_weights_list_filters_by_pattern(capsys):
+    from ulbc.cli import main
+
+    main(["weights", "list", "compressai-mbt2018-mean-*", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 16 and {r["check"] for r in rows} == {"sha256 prefix"}
+    assert all(r["status"] == "missing" and r["urls"][0].startswith(weights.COMPRESSAI_ZOO_URL) for r in rows)

@@ -196,11 +196,12 @@ def cmd_codecs(args) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'codec':<15} {'id':>3} {'media':<6} {'gpu':<4} {'rate grid':<44} available")
+    width = max(len("codec"), *(len(r["name"]) for r in rows))
+    print(f"{'codec':<{width}} {'id':>3} {'media':<6} {'gpu':<4} {'rate grid':<44} available")
     for r in rows:
         grid = f"{r['rate_param']} " + ",".join(f"{v:g}" for v in r["default_rates"])
         status = "yes" if r["available"] else f"no: {r['reason']}"
-        print(f"{r['name']:<15} {r['id']:>3} {r['media']:<6} {'yes' if r['gpu'] else 'no':<4} {grid:<44} {status}")
+        print(f"{r['name']:<{width}} {r['id']:>3} {r['media']:<6} {'yes' if r['gpu'] else 'no':<4} {grid:<44} {status}")
         if args.verbose:
             lo, hi = r["rate_range"]
             whole = "whole numbers " if r["integer_rates"] else ""
@@ -264,8 +265,12 @@ def _size_text(size: int | None) -> str:
 def cmd_weights_list(args) -> None:
     from .weights import registry, verify
 
+    import fnmatch
+
     rows = []
     for name, entry in sorted(registry().items()):
+        if args.patterns and not any(fnmatch.fnmatchcase(name, pattern) for pattern in args.patterns):
+            continue
         found = verify(name)
         rows.append({"name": name, "file": entry.file_name, "status": found.status,
                      "path": str(found.path) if found.path else None, "problem": found.problem,
@@ -275,10 +280,15 @@ def cmd_weights_list(args) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'name':<26} {'file':<38} {'status':<8} {'size':>10} {'licence':<26} {'used by':<12} where")
+    widths = {key: max([len(heading)] + [len(text(r)) for r in rows]) for key, heading, text in (
+        ("name", "name", lambda r: r["name"]), ("file", "file", lambda r: r["file"]),
+        ("licence", "licence", lambda r: r["licence"]), ("used", "used by", lambda r: ",".join(r["used_by"]) or "-"))}
+    print(f"{'name':<{widths['name']}} {'file':<{widths['file']}} {'status':<8} {'size':>10} "
+          f"{'licence':<{widths['licence']}} {'used by':<{widths['used']}} where")
     for r in rows:
-        print(f"{r['name']:<26} {r['file']:<38} {r['status']:<8} {_size_text(r['size']):>10} {r['licence']:<26} "
-              f"{','.join(r['used_by']) or '-':<12} {r['path'] or '-'}")
+        print(f"{r['name']:<{widths['name']}} {r['file']:<{widths['file']}} {r['status']:<8} "
+              f"{_size_text(r['size']):>10} {r['licence']:<{widths['licence']}} "
+              f"{','.join(r['used_by']) or '-':<{widths['used']}} {r['path'] or '-'}")
 
 
 def cmd_weights_fetch(args) -> None:
@@ -616,9 +626,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_datasets_fetch)
 
-    p = sub.add_parser("weights", help="pretrained weight files of the metrics: list, fetch, import, verify")
+    p = sub.add_parser("weights", help="pretrained weight files of the metrics and codecs: list, fetch, import, "
+                       "verify")
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     q = wsub.add_parser("list", help="registered weight files and whether a verified copy is here")
+    q.add_argument("patterns", nargs="*", metavar="PATTERN", help="only names matching these globs "
+                   "('compressai-mbt2018-*')")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_weights_list)
     q = wsub.add_parser("fetch", help="download weight files (checksummed, resumable) into the cache; "

@@ -3,11 +3,12 @@
 The codecs of :mod:`ulbc.codecs.compressai_zoo` call CompressAI's own ``compress`` and
 ``decompress`` so that their strings are CompressAI's, with four changes around them:
 
-- **The entropy side runs on the CPU, on one thread.** Only the analysis and synthesis transforms
-  (``g_a``, ``g_s``) run on the requested device and thread count. The hyper-decoder, the context
-  model and the CDF lookups then compute the same floats in the encoder and in every decoder on
-  the same platform, whatever the device, thread count or batch (CompressAI issues #279/#309/#320:
-  a scale one ulp away picks another CDF and the rest of the image decodes to garbage).
+- **The entropy side runs on the CPU, on one thread.** Only the analysis transform ``g_a`` runs on
+  the requested device and thread count (the codecs decode on the CPU, one thread, synthesis
+  included). The hyper-decoder, the context model and the CDF lookups then compute the same floats
+  in the encoder and in every decoder on the same platform, whatever the device, thread count or
+  batch (CompressAI issues #279/#309/#320: a scale one ulp away picks another CDF and the rest of
+  the image decodes to garbage).
 - **Each item's latent is coded on its own** (batch 1), as the decoder will see it; only ``g_a``
   runs on a batch.
 - **A checksum of the quantised latent** (the input of ``g_s``) is made by the encoder, which

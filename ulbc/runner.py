@@ -321,7 +321,7 @@ def decode_bitstream_data(data: bytes, *, device: str, name: str):
     """Parse, pick the codec from the header, decode. Returns (codec, container, image)."""
     container = bitstream.parse(data, name)
     codec = codec_for_id(container.codec_id, name)
-    dev = resolve_device(device, codec.uses_gpu)
+    dev = resolve_device(device, codec.uses_gpu and codec.gpu_decoder)
     return codec, container, decode_container(container, codec, device=dev, name=name), dev
 
 

@@ -187,6 +187,8 @@ class Codec(ABC):
     rate_range: ClassVar[tuple[float, float]]
     #: Whether the method benefits from a GPU (the workflow then requests one).
     uses_gpu: ClassVar[bool] = False
+    #: Whether its decoder runs on the GPU too when one is asked for (False: always on the CPU).
+    gpu_decoder: ClassVar[bool] = True
     #: "image" now; "video" for clip codecs.
     media: ClassVar[str] = "image"
     #: Smallest (width, height) the codec accepts.

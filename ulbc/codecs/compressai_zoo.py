@@ -56,8 +56,8 @@ _MAX_REFERENCE_BYTES = 4096
 _FORMAT = "{quality}"
 
 _COMMON_OPTIONS: dict[str, Option] = {
-    "threads": Option(0, "int", low=0, help="torch CPU threads of the analysis transform (0: torch's default); "
-                                              "the entropy side always runs on one"),
+    "threads": Option(1, "int", low=0, help="torch CPU threads of the analysis transform (0: torch's default; "
+                                              "the bytes can depend on it); the entropy side always runs on one"),
     "batch_size": Option("auto", "int", low=1, keywords=("auto",),
                          help="same-size images whose analysis transform runs together (auto: 8 on a GPU, 1 on CPU)"),
 }
@@ -73,6 +73,9 @@ class CompressAICodec(Codec):
     rate_param = "quality"
     integer_rates = True
     uses_gpu = True
+    # The decoder runs on the CPU with one thread: every decode of a file gives the same pixels
+    # (benchmarks/compressai_determinism.py found cheng2020-attn's synthesis thread-dependent).
+    gpu_decoder = False
     job_mem_mb = 6000
     # The synthesis's widest feature maps (N channels at half resolution, float32), with margin.
     decode_bytes_per_pixel = 1200
@@ -146,6 +149,11 @@ class CompressAICodec(Codec):
         source, reference, path, sha256 = self._encoder_weights(quality)
         model = runtime.load_model(self.arch(), path, sha256, update=source != SOURCE_ZOO)
         threads = int(self.options["threads"]) or runtime.default_threads()
+        if str(device).startswith("cuda"):
+            import torch
+
+            torch.backends.cudnn.benchmark = False  # one convolution algorithm: the same bytes every run
+            torch.backends.cudnn.deterministic = True
         coded = runtime.encode_images(model, list(images), device=str(device), threads=threads)
         height, width = images[0].shape[:2]
         metric = METRICS.index(self.options.get("metric", "mse")) if source == SOURCE_ZOO else 0
@@ -174,7 +182,7 @@ class CompressAICodec(Codec):
                                  f"but {path} has sha256 {sha256}")
         model = runtime.load_model(header["arch"], path, sha256, update=header["source"] != SOURCE_ZOO)
         return runtime.decode_image(model, header["strings"], header["checksum"], width, height,
-                                    device=str(device), threads=runtime.default_threads())
+                                    device="cpu", threads=1)
 
 
 def parse_params(params: bytes, payload: bytes, codec: CompressAICodec) -> dict[str, Any]:
