@@ -387,3 +387,45 @@ def test_weights_list_filters_by_pattern(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 16 and {r["check"] for r in rows} == {"sha256 prefix"}
     assert all(r["status"] == "missing" and r["urls"][0].startswith(weights.COMPRESSAI_ZOO_URL) for r in rows)
+
+
+@pytest.mark.parametrize("name", ["bmshj2018-hyperprior", "cheng2020-attn"])
+def test_zoo_weights_in_torch_hubs_cache_are_used_as_compressai_zoo_uses_them(name, image, tmp_path, monkeypatch):
+    """A zoo file torch hub already holds (a stand-in under the canonical name; its registry hash is
+    swapped for the stand-in's) is used in place, without an update(), and ulbc's decode equals
+    compressai.zoo's own model on that file."""
+    import dataclasses
+    import os
+
+    import compressai.zoo as zoo
+    import torch.nn.functional as F
+    from compressai.ops import compute_padding
+
+    from ulbc.codecs import decode_bitstream, get_codec
+
+    zoo_name = weights.compressai_zoo_name(name, "mse", 2)
+    entry = weights.get_weight_file(zoo_name)
+    hub = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(compressai_standin_state(name, seed=2), hub / entry.file_name)
+    standin_sha = weights.path_sha256(hub / entry.file_name)
+    monkeypatch.setitem(weights.WEIGHTS, zoo_name, dataclasses.replace(entry, sha256=standin_sha))
+
+    codec = get_codec(name)
+    result = codec.encode_result(image, 2)
+    assert result.info["weights"] == {"file": zoo_name, "sha256": standin_sha}
+    assert weights.verify(zoo_name).path == hub / entry.file_name  # used where torch hub put it
+    assert not (tmp_path / "weights").exists()  # nothing copied, nothing downloaded
+    _, decoded = decode_bitstream(result.data)
+
+    net = getattr(zoo, name.replace("-", "_"))(quality=2, metric="mse", pretrained=True).eval()
+    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None]
+    pad, unpad = compute_padding(x.shape[2], x.shape[3], min_div=64)
+    with torch.no_grad():
+        out = net.compress(F.pad(x, pad))
+        x_hat = net.decompress(out["strings"], out["shape"])["x_hat"]
+    expected = (F.pad(x_hat, unpad)[0] * 255).clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(decoded, expected)
+    from ulbc import bitstream
+
+    assert bitstream.parse(result.data).payload == b"".join(s[0] for s in out["strings"])
