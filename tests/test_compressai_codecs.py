@@ -19,6 +19,7 @@ from ulbc.errors import BitstreamError, ConfigError, UlbcError
 
 from standin_weights import compressai_standin_state, write_compressai_standins
 from test_download import FixtureServer
+from test_weights import isolate_weights
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("compressai")
@@ -31,11 +32,7 @@ ARCHS = {"bmshj2018-factorized": "bmshj2018-factorized", "bmshj2018-hyperprior":
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-                "ULBC_WEIGHTS_MIRROR", "ULBC_WEIGHTS_REGISTRY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("ULBC_WEIGHTS", str(tmp_path / "weights"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    isolate_weights(monkeypatch, tmp_path / "weights", tmp_path / "torch")
     from ulbc import compressai_runtime
 
     compressai_runtime._models.clear()

@@ -24,14 +24,19 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """Every test gets its own caches and no inherited proxy, mirror or site registry."""
+def isolate_weights(monkeypatch, cache: Path, torch_home: Path) -> None:
+    """Own caches, and no inherited proxy, mirror or site registry."""
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
                 "ULBC_WEIGHTS_MIRROR", "ULBC_WEIGHTS_REGISTRY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("ULBC_WEIGHTS", str(tmp_path / "w"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("ULBC_WEIGHTS", str(cache))
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """Every test gets its own caches and no inherited proxy, mirror or site registry."""
+    isolate_weights(monkeypatch, tmp_path / "w", tmp_path / "torch")
     monkeypatch.setattr(weights, "DOWNLOAD_RETRIES", 1)
     monkeypatch.setattr(weights, "DOWNLOAD_BACKOFF", 0.01)
     yield

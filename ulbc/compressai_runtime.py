@@ -29,11 +29,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .codecs.compressai_zoo import ARCHITECTURES  # noqa: F401 - the bitstream's architecture indices
+from .codecs.compressai_zoo import ARCHITECTURES, FACTORIZED  # noqa: F401 - the bitstream's architecture indices
 from .errors import BitstreamError, ConfigError
 
-#: Architectures whose y is coded by the factorized entropy bottleneck alone (one string, no z).
-FACTORIZED = ("bmshj2018-factorized", "bmshj2018-factorized-relu")
 #: Zero-padding of the input to a multiple of this, centred, as CompressAI's eval_model does.
 PAD_MULTIPLE = 64
 CHECKSUM_BYTES = 4
@@ -58,10 +56,6 @@ def latent_shape(architecture: str, height: int, width: int) -> tuple[int, int]:
     ph, pw = padded_size(height, width)
     step = latent_downsampling(architecture)
     return ph // step, pw // step
-
-
-def string_count(architecture: str) -> int:
-    return 1 if architecture in FACTORIZED else 2
 
 
 def _model_class(architecture: str):
@@ -203,17 +197,15 @@ def load_model(architecture: str, path: Path, sha256: str, *, update: bool) -> L
 
 
 # -- coding -----------------------------------------------------------------------------------------------
-class _Given:
+def _given(value):
     """Stands in for ``g_a``: returns a latent computed beforehand (on a batch, on a device)."""
+    import torch
 
-    def __new__(cls, value):
-        import torch
+    class Given(torch.nn.Module):
+        def forward(self, x):  # noqa: ARG002 - the input is the image the latent came from
+            return value.clone()
 
-        class Given(torch.nn.Module):
-            def forward(self, x):  # noqa: ARG002 - the input is the image the latent came from
-                return value.clone()
-
-        return Given()
+    return Given()
 
 
 def _synthesis_bridge(model: LoadedModel, device: str, threads: int, captured: list):
@@ -232,18 +224,16 @@ def _synthesis_bridge(model: LoadedModel, device: str, threads: int, captured: l
     return Bridge()
 
 
-class _Capture:
+def _capture(captured: list):
     """Stands in for ``g_s`` when only its input is wanted (the encoder's own entropy decode)."""
+    import torch
 
-    def __new__(cls, captured: list):
-        import torch
+    class Capture(torch.nn.Module):
+        def forward(self, y_hat):
+            captured.append(y_hat.detach().clone())
+            return torch.zeros(y_hat.shape[0], 3, 1, 1)
 
-        class Capture(torch.nn.Module):
-            def forward(self, y_hat):
-                captured.append(y_hat.detach().clone())
-                return torch.zeros(y_hat.shape[0], 3, 1, 1)
-
-        return Capture()
+    return Capture()
 
 
 @contextlib.contextmanager
@@ -304,15 +294,15 @@ def encode_images(model: LoadedModel, images: list[np.ndarray], *, device: str, 
             item = x[index : index + 1]
             y_item = y[index : index + 1]
             with torch_threads(1):
-                with _swapped(net, g_a=_Given(y_item)):
+                with _swapped(net, g_a=_given(y_item)):
                     out = net.compress(item)
                 strings = [s[0] for s in out["strings"]]
                 if tuple(out["shape"]) != expected:
                     raise RuntimeError(f"latent shape {tuple(out['shape'])}, expected {expected}")
                 captured: list = []
-                with _swapped(net, g_s=_Capture(captured)):
+                with _swapped(net, g_s=_capture(captured)):
                     net.decompress([[s] for s in _guarded(model, strings, expected)], expected)
-                with _swapped(net, g_a=_Given(y_item), g_s=torch.nn.Identity()):
+                with _swapped(net, g_a=_given(y_item), g_s=torch.nn.Identity()):
                     likelihoods = net(item)["likelihoods"]
             bits = sum(float(torch.log(lk.double()).sum()) for lk in likelihoods.values()) / -math.log(2)
             results.append(CodedLatent(strings, latent_checksum(captured[-1]), bits))

@@ -48,6 +48,8 @@ ARCHITECTURES = (
     "cheng2020-attn",
     "bmshj2018-factorized-relu",
 )
+#: Architectures whose y is coded by the factorized entropy bottleneck alone (one string, no z).
+FACTORIZED = ("bmshj2018-factorized", "bmshj2018-factorized-relu")
 METRICS = ("mse", "ms-ssim")
 SOURCE_ZOO, SOURCE_REGISTRY, SOURCE_PATH = 0, 1, 2
 _WEIGHTS_ID_BYTES = 8
@@ -220,7 +222,7 @@ def parse_params(params: bytes, payload: bytes, codec: CompressAICodec) -> dict[
     weights_id = params[pos : pos + _WEIGHTS_ID_BYTES].hex()
     checksum = params[pos + _WEIGHTS_ID_BYTES : pos + _WEIGHTS_ID_BYTES + _CHECKSUM_BYTES]
     pos += _WEIGHTS_ID_BYTES + _CHECKSUM_BYTES
-    n_strings = 1 if arch.startswith("bmshj2018-factorized") else 2
+    n_strings = 1 if arch in FACTORIZED else 2
     lengths = []
     for index in range(n_strings - 1):
         length, pos = bitstream.decode_varint(params, pos, f"string {index} length")
