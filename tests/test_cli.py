@@ -68,15 +68,20 @@ def test_extract_from_pack(tmp_path, photo):
 
 
 def test_decode_threads_option(tmp_path, photo):
-    """--threads caps the decoder's torch threads; the pixels do not depend on it (exact decoder)."""
+    """--threads caps the reference decoder's torch threads; the compiled decoder (the default) does not
+    load torch; the pixels depend on neither (exact decoders)."""
     from conftest import QUICK_OPTIONS
     from ulbc.codecs import get_codec
 
     options = {**QUICK_OPTIONS["coolchic"], "iterations": 40, "final_iterations": 10}
     (tmp_path / "a.ulb").write_bytes(get_codec("coolchic", **options).encode(photo[:16, :24].copy(), 4e-3))
-    one = json.loads(ulbc("decode", tmp_path / "a.ulb", tmp_path / "one.png", "--threads", 1).stdout)
-    two = json.loads(ulbc("decode", tmp_path / "a.ulb", tmp_path / "two.png", "--threads", 2).stdout)
+    one = json.loads(ulbc("decode", tmp_path / "a.ulb", tmp_path / "one.png", "--threads", 1, "--decoder",
+                          "reference").stdout)
+    two = json.loads(ulbc("decode", tmp_path / "a.ulb", tmp_path / "two.png", "--threads", 2, "--decoder",
+                          "reference").stdout)
     assert (one["torch_threads"], two["torch_threads"]) == (1, 2)
-    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
+    fast = json.loads(ulbc("decode", tmp_path / "a.ulb", tmp_path / "fast.png", "--threads", 2).stdout)
+    assert "torch_threads" not in fast
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes() == (tmp_path / "fast.png").read_bytes()
     proc = ulbc("decode", tmp_path / "a.ulb", tmp_path / "x.png", "--threads", 0, check=False)
     assert proc.returncode == 2 and "expected a positive integer" in proc.stderr and "Traceback" not in proc.stderr

@@ -136,11 +136,13 @@ def test_forged_huge_sizes_are_refused_before_anything_is_allocated(name, monkey
     import tracemalloc
 
     from ulbc.errors import BitstreamError
-    from ulbc.overfit import stream
+    from ulbc.overfit import DECODER_ENV, stream
 
     tiny = {**QUICK_OPTIONS[name], "iterations": 10, "final_iterations": 2, "n_grids": 3}
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     c = bitstream.parse(get_codec(name, **tiny).encode(image, 1e-2))
+    # The reference decoder's own estimate (the compiled decoder needs less: tests/test_fastdecode.py).
+    monkeypatch.setenv(DECODER_ENV, "reference")
 
     def forged(width, height):
         return bitstream.Container(c.codec_id, width, height, c.params, c.payload).to_bytes()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ConfigError, InputError, UlbcError
+from .overfit import DECODER_ENV, DECODERS
 
 #: What a shard job does with an item that cannot be encoded or decoded (see the config schema).
 ON_ERROR_CHOICES = ("fail", "record")
@@ -102,7 +103,7 @@ def _save_decoded(image, dest) -> None:
 
 
 def cmd_decode(args) -> None:
-    from .runner import decode_bitstream_data
+    from .codecs import decode_bitstream_data
 
     data = Path(args.input).read_bytes() if Path(args.input).is_file() else None
     if data is None:
@@ -379,10 +380,10 @@ def cmd_encode_shard(args) -> None:
 
 
 def cmd_decode_shard(args) -> None:
-    from .runner import decode_shard
+    from .runner import decode_shard, decode_workers
 
     n = decode_shard(args.pack, args.out_decoded, args.out_log, device=args.device, on_error=args.on_error,
-                     progress=not args.quiet)
+                     progress=not args.quiet, workers=decode_workers(args.threads))
     print(f"decoded {n} items -> {args.out_decoded}", file=sys.stderr)
 
 
@@ -397,12 +398,13 @@ def cmd_metrics_shard(args) -> None:
 
 
 def cmd_evaluate_shard(args) -> None:
-    from .runner import evaluate_shard
+    from .runner import decode_workers, evaluate_shard
 
     n = evaluate_shard(args.manifest, args.shard, args.items_per_job, _spec(args), args.pack, args.encode_log,
                        args.out, metrics=args.metric or ("psnr", "ms-ssim"), metric_options=args.metric_options,
                        features_out=args.features_out, config_hash=args.config_hash,
-                       device=args.device, on_error=args.on_error, progress=not args.quiet)
+                       device=args.device, on_error=args.on_error, progress=not args.quiet,
+                       workers=decode_workers(args.threads))
     print(f"decoded and measured {n} rows -> {args.out}", file=sys.stderr)
 
 
@@ -524,10 +526,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+def _add_threads_arg(p: argparse.ArgumentParser, items: bool = False) -> None:
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="CPU threads for the decoders' tensor maths (default: the library's own choice, all "
-                        "cores; on a busy machine 1 is often faster)")
+                        "cores; on a busy machine 1 is often faster)"
+                        + ("; also the items decoded at once by thread-safe decoders (default: every CPU "
+                           "this job may use)" if items else ""))
+    _add_decoder_arg(p)
+
+
+def _add_decoder_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", choices=DECODERS, help=f"decoder of the overfitted codecs (coolchic, lottery): "
+                   f"compiled (default) or reference, the torch fixed-point decoder that specifies it (sets {DECODER_ENV})")
 
 
 def limit_cpu_threads(threads: int) -> None:
@@ -596,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-options", type=_json_object, default={}, metavar="JSON",
                    help='options per metric, e.g. \'{"flip": {"pixels_per_degree": 42}}\'')
     p.add_argument("--device", default="auto")
+    _add_decoder_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("extract", help="list a shard pack, or write one item's bitstream file")
@@ -687,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="fail")
     p.add_argument("--quiet", action="store_true")
-    _add_threads_arg(p)
+    _add_threads_arg(p, items=True)
     p.set_defaults(func=cmd_decode_shard)
 
     p = sub.add_parser("metrics-shard", help="workflow stage: per-item metrics of one shard -> Parquet")
@@ -714,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-hash", default="")
     p.add_argument("--device", default="auto")
     p.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="fail")
-    _add_threads_arg(p)
+    _add_threads_arg(p, items=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate_shard)
 
@@ -766,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         limit_cpu_threads(args.threads)
+    if getattr(args, "decoder", None):
+        os.environ[DECODER_ENV] = args.decoder
     try:
         args.func(args)
     except UlbcError as exc:

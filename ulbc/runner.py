@@ -17,6 +17,8 @@ import os
 import sys
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,8 +29,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from . import __version__, bitstream
-from .codecs import codec_for_id, get_codec
-from .codecs.base import decode_container
+from .codecs import codec_for_id, decode_bitstream_data, get_codec  # noqa: F401 (decode_bitstream_data re-exported)
 from .errors import InputError, UlbcError
 from .features import FeatureCollector
 from .fsutil import atomic_path
@@ -317,12 +318,14 @@ def encode_batches(rows: list, batch_size: int) -> list[list]:
     return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
 
 
-def decode_bitstream_data(data: bytes, *, device: str, name: str):
-    """Parse, pick the codec from the header, decode. Returns (codec, container, image)."""
-    container = bitstream.parse(data, name)
-    codec = codec_for_id(container.codec_id, name)
-    dev = resolve_device(device, codec.uses_gpu and codec.gpu_decoder)
-    return codec, container, decode_container(container, codec, device=dev, name=name), dev
+def decode_workers(requested: int | None = None) -> int:
+    """Threads a decode job uses for its items: ``requested``, else the CPUs this process may run on."""
+    if requested:
+        return max(1, int(requested))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def decode_shard(
@@ -333,21 +336,50 @@ def decode_shard(
     device: str = "auto",
     on_error: str = "fail",
     progress: bool = True,
+    workers: int = 1,
 ) -> int:
-    """Decode every bitstream of a pack, reading nothing but the pack. Returns items decoded."""
+    """Decode every bitstream of a pack, reading nothing but the pack. Returns items decoded.
+
+    Items whose codec has a thread-safe decoder (``Codec.threadsafe_decoder``: the overfitted
+    codecs' compiled decoder) decode ``workers`` at a time in threads; results are written in pack
+    order, with at most 2 x ``workers`` decoded images held at once."""
     log: list[dict] = []
-    with PackReader(pack_path) as pack:
+
+    def decode_one(data: bytes, where: str):
+        start = time.perf_counter()
+        codec, container, image, dev = decode_bitstream_data(data, device=device, name=where)
+        return codec, container, image, dev, time.perf_counter() - start
+
+    with PackReader(pack_path) as pack, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         names = pack.names()
 
-        def decoded():
-            for name in _progress(names, len(names), f"decode {Path(pack_path).name}", progress):
+        def started():
+            """(item, data, where, future or result or exception), in pack order."""
+            for name in names:
                 item = name[: -len(".ulb")] if name.endswith(".ulb") else name
                 data = pack.read(name)
                 where = f"{pack_path}:{name}"
                 try:
-                    start = time.perf_counter()
-                    codec, container, image, dev = decode_bitstream_data(data, device=device, name=where)
-                    elapsed = time.perf_counter() - start
+                    parallel = workers > 1 and codec_for_id(bitstream.parse(data, where).codec_id, where).threadsafe_decoder
+                    outcome = pool.submit(decode_one, data, where) if parallel else decode_one(data, where)
+                except Exception as exc:  # noqa: BLE001
+                    outcome = exc
+                yield item, data, where, outcome
+
+        def in_order():
+            window: deque = deque()
+            for entry in started():
+                window.append(entry)
+                if len(window) >= 2 * max(1, workers):
+                    yield window.popleft()
+            yield from window
+
+        def decoded():
+            for item, data, where, outcome in _progress(in_order(), len(names), f"decode {Path(pack_path).name}", progress):
+                try:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    codec, container, image, dev, elapsed = outcome.result() if isinstance(outcome, Future) else outcome
                 except Exception as exc:  # noqa: BLE001
                     message = _one_line(exc, f"{where}: decoder")
                     if on_error == "fail":
@@ -538,13 +570,15 @@ def evaluate_shard(
     on_error: str = "fail",
     progress: bool = True,
     scratch: str | os.PathLike | None = None,
+    workers: int = 1,
 ) -> int:
     """Decode a shard's pack (reading only the pack) and write its result rows: decode_shard, then
     metrics_shard, with the decoded images and the decode log in a scratch folder ($TMPDIR unless
     ``scratch`` is given) that is removed afterwards. Returns the number of rows written."""
     with tempfile.TemporaryDirectory(prefix="ulbc-evaluate-", dir=scratch) as tmp:
         decoded, decode_log = Path(tmp) / "decoded.zip", Path(tmp) / "decode.parquet"
-        decode_shard(pack_path, decoded, decode_log, device=device, on_error=on_error, progress=progress)
+        decode_shard(pack_path, decoded, decode_log, device=device, on_error=on_error, progress=progress,
+                     workers=workers)
         return metrics_shard(manifest_path, shard, items_per_job, spec, encode_log, decode_log, decoded, out_path,
                              metrics=metrics, metric_options=metric_options, features_out=features_out,
                              device=device, config_hash=config_hash, progress=progress)

@@ -64,6 +64,17 @@ def decode_bitstream(data: bytes, *, device: str = "cpu", name: str = "<bitstrea
     return codec, decode_container(container, codec, device=device, name=name)
 
 
+def decode_bitstream_data(data: bytes, *, device: str, name: str):
+    """Parse, pick the codec from the header, decode on the device its decoder uses. Returns
+    (codec, container, image, device)."""
+    from ..provenance import resolve_device
+
+    container = bitstream.parse(data, name)
+    codec = codec_for_id(container.codec_id, name)
+    dev = resolve_device(device, codec.uses_gpu and codec.gpu_decoder)
+    return codec, container, decode_container(container, codec, device=dev, name=name), dev
+
+
 def read_and_decode(path: str | os.PathLike, *, device: str = "cpu") -> tuple[Codec, np.ndarray]:
     with open(path, "rb") as fh:
         data = fh.read()

@@ -189,6 +189,9 @@ class Codec(ABC):
     uses_gpu: ClassVar[bool] = False
     #: Whether its decoder runs on the GPU too when one is asked for (False: always on the CPU).
     gpu_decoder: ClassVar[bool] = True
+    #: Whether several items may decode at once in threads of one process (a shard's decode job then
+    #: uses all its cores); such decoders release the GIL and share no mutable state.
+    threadsafe_decoder: ClassVar[bool] = False
     #: "image" now; "video" for clip codecs.
     media: ClassVar[str] = "image"
     #: Smallest (width, height) the codec accepts.

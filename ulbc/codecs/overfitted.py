@@ -12,14 +12,26 @@ image on a GPU (README: "Overfitted codecs").
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import time
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, EncodeError
-from .base import Codec, Option, PayloadResult, torch_and_constriction_missing
+from ..overfit import DECODER_ENV, DECODERS
+from .base import Codec, Option, PayloadResult
 from . import register_codec
+
+
+def selected_decoder() -> str:
+    """The decoder ``ULBC_OVERFIT_DECODER`` picks (``compiled`` when unset)."""
+    choice = os.environ.get(DECODER_ENV, "compiled").strip().lower() or "compiled"
+    if choice not in DECODERS:
+        raise ConfigError(f"{DECODER_ENV}={choice!r}: expected one of {', '.join(DECODERS)}")
+    return choice
+
 
 #: Cool-chic synthesis presets; the names of :data:`ulbc.overfit.model.COOLCHIC_PRESETS` (a test
 #: keeps the two equal), written out so the registry loads without torch.
@@ -38,7 +50,7 @@ _COMMON_OPTIONS: dict[str, Option] = {
     "batch_size": Option("auto", "int", low=1, keywords=("auto",),
                          help="same-size images optimised together, one model each (auto: 8 on a GPU, 1 on CPU)"),
     "threads": Option(1, "int", low=0, help="torch CPU threads per encode job (one per job scales best; 0: torch's default)"),
-    "verify": Option(True, "bool", help="decode the written bitstream and check it gives the encoder's image"),
+    "verify": Option(True, "bool", help="decode the written bitstream (compiled decoder) and check it gives the encoder's image"),
     "progress": Option(True, "bool", help="show a progress bar"),
 }
 
@@ -55,12 +67,17 @@ class _OverfittedCodec(Codec):
     # minutes per image, so a shard of many items needs hours (keep items_per_job small).
     job_mem_mb = 8000
     job_runtime = 24 * 60
-    decode_bytes_per_pixel = 128  # a floor; the decoder checks its header's architecture (overfit.stream)
+    decode_bytes_per_pixel = 128  # a floor; the decoder checks its header's architecture (overfit.fastdecode)
+    # The compiled decoder is integer arithmetic on the CPU, thread-safe and GIL-free.
+    gpu_decoder = False
+    threadsafe_decoder = True
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        if self.availability():
-            return  # the checks below need torch; using the codec is refused for want of it anyway
+        if self.availability() or not options:
+            # The checks below need torch (the training configuration); defaults are valid (a test
+            # says so), and a decoder, built without options, must not import torch.
+            return
         try:  # what the options build together (the synthesis layers, the training phases)
             self.architecture()
             self.train_config()
@@ -69,13 +86,14 @@ class _OverfittedCodec(Codec):
 
     @classmethod
     def availability(cls) -> str | None:
-        return torch_and_constriction_missing()
+        missing = [m for m in ("torch", "constriction", "numba") if importlib.util.find_spec(m) is None]
+        return f"needs {', '.join(missing)}" if missing else None
 
     def version(self) -> str:
         import torch
 
         from .. import __version__
-        from ..overfit.stream import FORMAT_VERSION
+        from ..overfit.format import FORMAT_VERSION
 
         return f"ulbc {__version__} {self.kind} format {FORMAT_VERSION} / torch {torch.__version__}"
 
@@ -111,7 +129,7 @@ class _OverfittedCodec(Codec):
                              seeds: Sequence[int]) -> list[PayloadResult]:
         import torch
 
-        from ..overfit import stream
+        from ..overfit import fastdecode, stream
         from ..overfit.model import OverfittedModel, evaluate_hard, latent_integers, model_slice, search_network_steps
         from ..overfit.training import train
 
@@ -138,8 +156,8 @@ class _OverfittedCodec(Codec):
                 arch, height, width, model.seeds[b], model_slice(model, b), quant.steps_for(groups, b),
                 latent_integers(model, b), [m[b] for m in masks] if masks is not None else None)
             recon = stream.render(decoded, height, width, device)
-            if self.options["verify"]:
-                check = stream.decode(self.kind, header, payload, width, height, "cpu")
+            if self.options["verify"]:  # what users decode with: the compiled decoder, from the bytes alone
+                check = fastdecode.decode(self.kind, header, payload, width, height)
                 if not np.array_equal(check, recon):
                     raise EncodeError(f"{self.name}: the written bitstream does not decode to the encoder's image")
             results.append(PayloadResult(header, payload, {
@@ -163,22 +181,25 @@ class _OverfittedCodec(Codec):
         return results
 
     def decode_payload(self, params, payload, width, height, *, device):
-        from ..overfit import stream
+        if selected_decoder() == "reference":
+            from ..overfit import stream
 
-        return stream.decode(self.kind, params, payload, width, height, device)
+            return stream.decode(self.kind, params, payload, width, height, device)
+        from ..overfit import fastdecode
+
+        return fastdecode.decode(self.kind, params, payload, width, height)
 
     def bitstream_stats(self, params, payload, width, height):
-        from ..overfit import stream
-        from ..overfit.model import OverfittedModel
+        from ..overfit import format as layout_format
+        from ..overfit.arch import macs_per_pixel
 
-        arch, seed, *_ = stream.read_header(self.kind, params)
-        parts = stream.layout(self.kind, params, payload)
-        model = OverfittedModel(arch, height, width, [seed])
+        arch = layout_format.parse_header(self.kind, params).arch
+        parts = layout_format.layout(self.kind, params, payload)
         return {
             "bits_nn": 8.0 * parts.nn,
             "bits_mask": 8.0 * parts.mask,
             "bits_latent": 8.0 * parts.latent,
-            "macs_per_pixel": model.macs_per_pixel(stream.kept_weights(self.kind, params, payload)),
+            "macs_per_pixel": macs_per_pixel(arch, height, width, layout_format.kept_weights(self.kind, params, payload)),
         }
 
 
@@ -195,7 +216,7 @@ class CoolChicCodec(_OverfittedCodec):
     }
 
     def architecture(self):
-        from ..overfit.model import COOLCHIC_PRESETS, Architecture
+        from ..overfit.arch import COOLCHIC_PRESETS, Architecture
 
         o = self.options
         layers, _ = COOLCHIC_PRESETS[o["preset"]]
@@ -222,7 +243,7 @@ class LotteryCodec(_OverfittedCodec):
     }
 
     def architecture(self):
-        from ..overfit.model import Architecture
+        from ..overfit.arch import Architecture
 
         o = self.options
         return Architecture("lottery", n_grids=o["n_grids"], arm_context=o["arm_context"], arm_hidden=o["arm_hidden"],

@@ -8,7 +8,8 @@ grid). One MLP, batched over models (leading dimension B), serves every grid and
     scale = exp(clip(s - 4, -4.6, 5))
 
 Training uses the float path; coding uses :mod:`.fixedpoint` so that encoder and decoder feed the
-range coder identical parameters on every machine. ReLU (not GELU) keeps the hidden layers exact.
+entropy coder (:mod:`.rans`, integer-only) identical parameters on every machine. ReLU (not GELU)
+keeps the hidden layers exact. :mod:`.fastdecode` is the compiled decoder of the same arithmetic.
 
 The context is ``n_context`` causal neighbours in the element's own grid plus, optionally,
 ``n_coarse`` values of the next coarser grid around the co-located element (a cross-scale context
@@ -32,42 +33,25 @@ import torch
 from torch import nn
 
 from ..errors import BitstreamError
+from .arch import (  # noqa: F401 (re-exported)
+    COARSE_OFFSETS,
+    CONTEXT_RADIUS,
+    LOG_SCALE_MAX,
+    LOG_SCALE_MIN,
+    LOG_SCALE_OFFSET,
+    LOG_SCALE_STEPS,
+    MAX_CONTEXT,
+    check_coarse,
+    context_offsets,
+    wavefront_stride,
+)
 from . import fixedpoint as fx
+from . import rans
 from .networks import batched_linear
+from .rans import SCALE_INDEX_MAX, SCALE_INDEX_MIN
 
-#: The context is taken from the causal half of a (2R+1) x (2R+1) window.
-CONTEXT_RADIUS = 4
-MAX_CONTEXT = CONTEXT_RADIUS * (2 * CONTEXT_RADIUS + 1) + CONTEXT_RADIUS  # 40
-#: Coarser-grid positions around the co-located element, in the order they are added to the context.
-COARSE_OFFSETS = ((0, 0), (-1, 0), (0, -1), (0, 1), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1))
-#: log-scale clip of the Laplace (LotteryCodec's bounds) and the offset applied before it.
-LOG_SCALE_MIN, LOG_SCALE_MAX, LOG_SCALE_OFFSET = -4.6, 5.0, 4.0
-#: The coder snaps log-scales to this grid (1/256) so scales come from one table.
-LOG_SCALE_STEPS = 256
 #: Smallest probability an element is given while training (the coder's 16-bit floor).
 MIN_PROBABILITY = 2.0**-16
-
-
-@lru_cache(maxsize=None)
-def context_offsets(n_context: int) -> tuple[tuple[int, int], ...]:
-    """The first ``n_context`` causal (row, column) offsets, nearest first (ties: upper, then left)."""
-    if not 1 <= n_context <= MAX_CONTEXT:
-        raise ValueError(f"ARM context size must be in 1..{MAX_CONTEXT}, got {n_context}")
-    r = CONTEXT_RADIUS
-    causal = [(dr, dc) for dr in range(-r, 1) for dc in range(-r, r + 1) if dr < 0 or dc < 0]
-    causal.sort(key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0], o[1]))
-    return tuple(causal[:n_context])
-
-
-def wavefront_stride(n_context: int) -> int:
-    """K in the wavefront index c + K r (one more than the context's reach to the right)."""
-    return 1 + max([dc for dr, dc in context_offsets(n_context) if dr < 0] + [0])
-
-
-def check_coarse(n_coarse: int) -> int:
-    if not 0 <= n_coarse <= len(COARSE_OFFSETS):
-        raise ValueError(f"coarse ARM context size must be in 0..{len(COARSE_OFFSETS)}, got {n_coarse}")
-    return n_coarse
 
 
 def gather_contexts(grid: torch.Tensor, n_context: int, coarse: torch.Tensor | None = None,
@@ -152,29 +136,28 @@ class QuantizedARM:
         layers.append((params[f"{prefix}out_weight"], params[f"{prefix}out_bias"]))
         return cls(layers, n_context, n_coarse)
 
-    def evaluate(self, contexts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(N, C) integer latents -> (means, scales) as float64 arrays, identical on every machine."""
+    def entropy_parameters(self, contexts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(N, C) integer latents -> (means as integers at 2^-12, log-scale indices k: scale
+        e^(k/256)), int64 arrays, identical on every machine."""
         x = (contexts.to(torch.float64) * fx.ONE)[None]
         for i, ((w, we), (b, be)) in enumerate(self.layers):
             y = fx.linear(x, w[None], we, b[None], be, f"ARM layer {i}")
             x = fx.relu(y + x) if i < len(self.layers) - 1 else y
         out = x[0]
-        mean = (out[:, 0] / fx.ONE).numpy()
-        # log-scale on a 1/256 grid, then a table of exp values.
+        # log-scale on a 1/256 grid (a table of scales in format 1, of inverse scales in format 2)
         shift = fx.ACT_FRAC_BITS - int(math.log2(LOG_SCALE_STEPS))
-        index = fx.round_shift(out[:, 1] - LOG_SCALE_OFFSET * fx.ONE, shift)
-        index = index.clamp(_SCALE_INDEX_MIN, _SCALE_INDEX_MAX)
-        scales = _scale_table()[(index.to(torch.int64) - _SCALE_INDEX_MIN).numpy()]
-        return mean, scales
+        index = fx.round_shift(out[:, 1] - LOG_SCALE_OFFSET * fx.ONE, shift).clamp(SCALE_INDEX_MIN, SCALE_INDEX_MAX)
+        return out[:, 0].to(torch.int64).numpy(), index.to(torch.int64).numpy()
 
-
-_SCALE_INDEX_MIN = math.ceil(LOG_SCALE_MIN * LOG_SCALE_STEPS)
-_SCALE_INDEX_MAX = math.floor(LOG_SCALE_MAX * LOG_SCALE_STEPS)
+    def evaluate(self, contexts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Format 1: (N, C) integer latents -> (means, scales) as float64 arrays for constriction."""
+        mean, index = self.entropy_parameters(contexts)
+        return mean / fx.ONE, _scale_table()[index - SCALE_INDEX_MIN]
 
 
 @lru_cache(maxsize=None)
 def _scale_table() -> np.ndarray:
-    return np.array([math.exp(i / LOG_SCALE_STEPS) for i in range(_SCALE_INDEX_MIN, _SCALE_INDEX_MAX + 1)])
+    return np.array([math.exp(i / LOG_SCALE_STEPS) for i in range(SCALE_INDEX_MIN, SCALE_INDEX_MAX + 1)])
 
 
 @dataclass(frozen=True)
@@ -233,32 +216,77 @@ def _laplace_family(bound: int):
 
 
 def encode_latents(grids: list[np.ndarray], arm: QuantizedARM) -> tuple[bytes, int]:
-    """Range-code integer grids under the fixed-point ARM. Returns (stream, bound) where every
-    latent lies in [-bound, bound] (the decoder needs the bound)."""
-    import constriction
-
+    """Range-code integer grids under the fixed-point ARM (format 2: :mod:`.rans`). Returns
+    (stream, bound) where every latent lies in [-bound, bound] (the decoder needs the bound)."""
     values = np.concatenate([g.reshape(-1) for g in grids]).astype(np.int64)
     bound = int(np.abs(values).max()) if values.size else 0
     if bound == 0:
         return b"", 0  # all zero: nothing to send
     plan = coding_plan([g.shape for g in grids], arm.n_context, arm.n_coarse)
     buffer = np.concatenate([values, [0]])
-    means, scales = arm.evaluate(torch.from_numpy(buffer[plan.contexts]))
-    encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(values[plan.order].astype(np.int32), _laplace_family(bound), means, scales)
-    return encoder.get_compressed().astype("<u4").tobytes(), bound
+    mean, index = arm.entropy_parameters(torch.from_numpy(buffer[plan.contexts]))
+    starts, freqs = rans.symbol_ranges(values[plan.order], mean, index, bound)
+    return rans.rans_encode(starts, freqs), bound
 
 
-def decode_latents(data: bytes, shapes: list[tuple[int, int]], bound: int, arm: QuantizedARM) -> list[np.ndarray]:
-    """Inverse of :func:`encode_latents`, wavefront by wavefront."""
+def _words(data: bytes) -> np.ndarray:
+    if len(data) % 4:
+        raise BitstreamError("latent payload is not a whole number of 32-bit words")
+    return np.frombuffer(data, dtype="<u4")
+
+
+def _grids_of(buffer: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    out, pos = [], 0
+    for h, w in shapes:
+        out.append(buffer[pos : pos + h * w].reshape(h, w))
+        pos += h * w
+    return out
+
+
+def decode_latents(data: bytes, shapes: list[tuple[int, int]], bound: int, arm: QuantizedARM,
+                   format_version: int = 2) -> list[np.ndarray]:
+    """Inverse of :func:`encode_latents`, wavefront by wavefront: the reference decoder (the ARM in
+    torch fixed point, one batch per wavefront; rANS symbol by symbol in Python)."""
+    if format_version == 1:
+        return _decode_latents_v1(data, shapes, bound, arm)
+    plan = coding_plan(shapes, arm.n_context, arm.n_coarse)
+    buffer = np.zeros(plan.n_elements + 1, dtype=np.int64)
+    if bound > 0:
+        try:
+            decoder = rans.RansDecoder(_words(data))
+        except ValueError as exc:
+            raise BitstreamError(f"latent payload does not decode ({exc})") from None
+        inverse, exp_table = rans.inverse_scales(), rans.half_exp_table()
+        half = 1 << (fx.ACT_FRAC_BITS - 1)
+        for start, stop in zip(plan.step_bounds[:-1], plan.step_bounds[1:]):
+            means, indices = arm.entropy_parameters(torch.from_numpy(buffer[plan.contexts[start:stop]]))
+            symbols = []
+            for mu, k in zip(means.tolist(), indices.tolist()):
+                inv = int(inverse[k - SCALE_INDEX_MIN])
+                symbol, low, high = rans.find_symbol(
+                    decoder.slot(), (mu + half) >> fx.ACT_FRAC_BITS, bound,
+                    lambda j: rans.laplace_cum(j, mu, inv, bound, exp_table))
+                try:
+                    decoder.advance(low, high - low)
+                except ValueError as exc:
+                    raise BitstreamError(f"latent payload does not decode ({exc})") from None
+                symbols.append(symbol)
+            buffer[plan.order[start:stop]] = symbols
+        if not decoder.finished_cleanly():
+            raise BitstreamError("latent payload does not end where its last element does (damaged stream)")
+    elif data:
+        raise BitstreamError("latent payload present although every latent is zero")
+    return _grids_of(buffer, shapes)
+
+
+def _decode_latents_v1(data: bytes, shapes: list[tuple[int, int]], bound: int, arm: QuantizedARM) -> list[np.ndarray]:
+    """Format 1: constriction's range coder under its float64 QuantizedLaplace."""
     import constriction
 
     plan = coding_plan(shapes, arm.n_context, arm.n_coarse)
     buffer = np.zeros(plan.n_elements + 1, dtype=np.int64)
     if bound > 0:
-        if len(data) % 4:
-            raise BitstreamError("latent payload is not a whole number of 32-bit words")
-        decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        decoder = constriction.stream.queue.RangeDecoder(_words(data).astype(np.uint32))
         family = _laplace_family(bound)
         for start, stop in zip(plan.step_bounds[:-1], plan.step_bounds[1:]):
             means, scales = arm.evaluate(torch.from_numpy(buffer[plan.contexts[start:stop]]))
@@ -270,8 +298,4 @@ def decode_latents(data: bytes, shapes: list[tuple[int, int]], bound: int, arm: 
             raise BitstreamError("latent payload has data left over after the last element")
     elif data:
         raise BitstreamError("latent payload present although every latent is zero")
-    out, pos = [], 0
-    for h, w in shapes:
-        out.append(buffer[pos : pos + h * w].reshape(h, w))
-        pos += h * w
-    return out
+    return _grids_of(buffer, shapes)

@@ -13,6 +13,8 @@ decoder runs every network in fixed point:
   use the fast BLAS (or cuBLAS) kernels and still give the same bits everywhere;
 * after each layer the accumulator is brought back to the activation scale by a rounding shift;
 * GELU and the output ``tanh`` are table look-ups built once from float64 ``math`` functions.
+
+The constants and tables live in :mod:`.intmath` (no torch), shared with the compiled decoder.
 """
 
 from __future__ import annotations
@@ -22,15 +24,7 @@ from functools import lru_cache
 
 import torch
 
-#: Fractional bits of every activation (1/4096 steps: far below one 8-bit output level).
-ACT_FRAC_BITS = 12
-ONE = float(1 << ACT_FRAC_BITS)
-#: Largest magnitude an exact float64 integer accumulator may reach (with a safety bit).
-_EXACT_LIMIT = float(1 << 52)
-#: GELU is the identity above this input (in units) and zero below minus it, at 2^-12 resolution.
-_GELU_RANGE = 6
-#: tanh saturates to the extreme 8-bit levels beyond this input.
-_TANH_RANGE = 10
+from .intmath import ACT_FRAC_BITS, EXACT_LIMIT, GELU_LIMIT, ONE, TANH_LIMIT, gelu_table, tanh_uint8_table  # noqa: F401
 
 
 class FixedPointOverflow(ValueError):
@@ -50,7 +44,7 @@ def to_fixed(values: torch.Tensor, frac_bits: int = ACT_FRAC_BITS) -> torch.Tens
 
 
 def check_exact(bound: float, what: str) -> None:
-    if not bound < _EXACT_LIMIT:
+    if not bound < EXACT_LIMIT:
         raise FixedPointOverflow(f"{what}: integer range 2^{math.log2(max(bound, 1)):.0f} exceeds exact float64 arithmetic")
 
 
@@ -84,17 +78,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, weight_exp: int, bias: torch.T
 
 @lru_cache(maxsize=None)
 def _gelu_table() -> torch.Tensor:
-    limit = _GELU_RANGE << ACT_FRAC_BITS
-    values = []
-    for i in range(-limit, limit + 1):
-        x = i / ONE
-        values.append(math.floor(0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0))) * ONE + 0.5))
-    return torch.tensor(values, dtype=torch.float64)
+    return torch.from_numpy(gelu_table().copy())
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact-erf GELU on fixed-point integers, via a table of ``round(gelu(i/4096) * 4096)``."""
-    limit = _GELU_RANGE << ACT_FRAC_BITS
+    limit = GELU_LIMIT
     table = _gelu_table().to(x.device)
     inside = table[(x.clamp(-limit, limit) + limit).to(torch.int64)]
     return torch.where(x > limit, x, torch.where(x < -limit, torch.zeros_like(x), inside))
@@ -106,14 +95,12 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=None)
 def _tanh_uint8_table() -> torch.Tensor:
-    limit = _TANH_RANGE << ACT_FRAC_BITS
-    return torch.tensor([math.floor(127.5 * (math.tanh(i / ONE) + 1.0) + 0.5) for i in range(-limit, limit + 1)],
-                        dtype=torch.float64)
+    return torch.from_numpy(tanh_uint8_table().copy())
 
 
 def tanh_to_uint8(x: torch.Tensor) -> torch.Tensor:
     """``round(255 * (tanh(x) + 1) / 2)`` of fixed-point integers, as 0..255 (float64)."""
-    limit = _TANH_RANGE << ACT_FRAC_BITS
+    limit = TANH_LIMIT
     return _tanh_uint8_table().to(x.device)[(x.clamp(-limit, limit) + limit).to(torch.int64)]
 
 

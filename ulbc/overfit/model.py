@@ -18,69 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from . import fixedpoint as fx
 from .arm import ARM, gather_contexts, laplace_bits
-from .networks import (
-    CoolChicSynthesis,
-    LotteryShape,
-    LotterySynthesis,
-    QParams,
-    Upsampler,
-    grid_shape,
-    parse_layers,
-)
+from .arch import COOLCHIC_PRESETS, KINDS, Architecture, macs_per_pixel  # noqa: F401 (re-exported)
+from .networks import CoolChicSynthesis, LotterySynthesis, QParams, Upsampler, parse_layers
 from .nnquant import best_order_bits, quantize_tensor
 from .quantizers import LatentQuantizer
 
 LATENT_GAIN = 16.0
-KINDS = ("coolchic", "lottery")
-#: Cool-chic's decoder presets (synthesis layers, ARM context); HOP is Cool-chic 5's default.
-COOLCHIC_PRESETS = {
-    "lop": ("8-1-linear-relu,3-1-linear-none,3-3-residual-none", 8),
-    "mop": ("16-1-linear-relu,3-1-linear-none,3-3-residual-relu,3-3-residual-none", 12),
-    "hop": ("48-1-linear-relu,3-1-linear-none,3-3-residual-relu,3-3-residual-none", 16),
-}
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Everything the decoder needs to rebuild the networks (it is written in the header)."""
-
-    kind: str
-    n_grids: int = 7
-    arm_context: int = 16
-    arm_hidden: int = 2
-    arm_coarse: int = 0  # coarser-grid context values (0, 1, 5 or 9)
-    synthesis: str = COOLCHIC_PRESETS["hop"][0]  # coolchic only
-    mod_channels: int = 48  # lottery only
-    hidden: tuple[int, int, int] = (32, 24, 16)  # lottery only
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"unknown overfitted model kind {self.kind!r}")
-        if not 1 <= self.n_grids <= 12:
-            raise ConfigError(f"n_grids must be in 1..12, got {self.n_grids}")
-        if not 0 <= self.arm_hidden <= 4:
-            raise ConfigError(f"arm_hidden must be in 0..4, got {self.arm_hidden}")
-        if self.arm_coarse not in (0, 1, 5, 9):
-            raise ConfigError(f"arm_coarse must be 0, 1, 5 or 9, got {self.arm_coarse}")
-        if not 1 <= self.arm_context <= 40:
-            raise ConfigError(f"arm_context must be in 1..40, got {self.arm_context}")
-        if not 1 <= self.mod_channels <= 256 or len(self.hidden) != 3 or not all(1 <= h <= 256 for h in self.hidden):
-            raise ConfigError("lottery widths must be in 1..256")
-        parse_layers(self.synthesis)
-
-    @property
-    def lottery_shape(self) -> LotteryShape:
-        return LotteryShape(self.n_grids, self.mod_channels, tuple(self.hidden))
-
-    @property
-    def shared_upsampling(self) -> bool:
-        return self.kind == "lottery"
-
-    def grid_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
-        return [grid_shape(height, width, i) for i in range(self.n_grids)]
 
 
 @dataclass(frozen=True)
@@ -180,15 +125,8 @@ class OverfittedModel(nn.Module):
         return image, bits
 
     def macs_per_pixel(self, kept_weights: int | None = None) -> float:
-        """Decoder multiply-accumulates per pixel: ARM (per latent element), upsampling, synthesis."""
-        elements = sum(h * w for h, w in self.shapes)
-        arm = self.arm.macs_per_element() * elements / self.n_pixels
-        up = Upsampler.macs_per_pixel(self.height, self.width, self.arch.n_grids)
-        if isinstance(self.synthesis, LotterySynthesis):
-            syn = self.synthesis.macs_per_pixel(kept_weights)
-        else:
-            syn = self.synthesis.macs_per_pixel()
-        return arm + up + syn
+        """Decoder multiply-accumulates per pixel (:func:`.arch.macs_per_pixel`)."""
+        return macs_per_pixel(self.arch, self.height, self.width, kept_weights)
 
 
 # -- evaluation and network quantisation -------------------------------------------------------------
@@ -294,7 +232,8 @@ def latent_integers(model: OverfittedModel, b: int) -> list[np.ndarray]:
 
 # -- the decoder's exact reconstruction ------------------------------------------------------------------
 def reconstruct(arch: Architecture, height: int, width: int, params: QParams, grids: list[np.ndarray],
-                masks: list[np.ndarray] | None = None, seed: int = 0, device: str = "cpu") -> np.ndarray:
+                masks: list[np.ndarray] | None = None, seed: int = 0, device: str = "cpu",
+                format_version: int = 2) -> np.ndarray:
     """Integer latents + quantised networks -> (H, W, 3) uint8, bit-exact on any device."""
     dev = torch.device(device)
     q = {n: (t.to(dev), e) for n, (t, e) in params.items()}
@@ -304,5 +243,5 @@ def reconstruct(arch: Architecture, height: int, width: int, params: QParams, gr
         image = CoolChicSynthesis.fixed(parse_layers(arch.synthesis), stack, q)
     else:
         mask_tensors = [torch.from_numpy(np.asarray(m, dtype=np.float64)) for m in masks]
-        image = LotterySynthesis.fixed(stack, q, mask_tensors, seed, arch.lottery_shape)
+        image = LotterySynthesis.fixed(stack, q, mask_tensors, seed, arch.lottery_shape, format_version)
     return image.cpu().numpy().astype(np.uint8)

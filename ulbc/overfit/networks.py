@@ -21,25 +21,21 @@ from the integers of the bitstream (see :mod:`.fixedpoint`), which is what the d
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
 from . import fixedpoint as fx
+from . import intmath, randomnet
+from .arch import LayerSpec, LotteryShape, grid_shape, parse_layers  # noqa: F401 (re-exported)
 
 #: A quantised tensor of one model: integers (float64) and the exponent e of its step 2^-e.
 QTensor = tuple[torch.Tensor, int]
 QParams = Mapping[str, QTensor]
-
-
-def grid_shape(height: int, width: int, level: int) -> tuple[int, int]:
-    """Grid ``level`` covers the image with ⌈H/2^level⌉ x ⌈W/2^level⌉ elements."""
-    return -(-height // 2**level), -(-width // 2**level)
 
 
 # -- shared building blocks ----------------------------------------------------------------------------
@@ -176,46 +172,7 @@ class Upsampler(nn.Module):
             stack = torch.cat([finer[..., None], up], dim=-1)
         return stack
 
-    @staticmethod
-    def macs_per_pixel(height: int, width: int, n_grids: int) -> float:
-        """4 taps per produced sample, two passes per step (rows, then columns), every channel."""
-        total = 0
-        for step in range(n_grids - 1):
-            fine = n_grids - 2 - step
-            fine_h, fine_w = grid_shape(height, width, fine)
-            coarse_w = grid_shape(height, width, fine + 1)[1]
-            total += 4 * (step + 1) * (fine_h * coarse_w + fine_h * fine_w)
-        return total / (height * width)
-
-
 # -- Cool-chic synthesis -----------------------------------------------------------------------------
-_LAYER = re.compile(r"^(\d+)-(1|3)-(linear|residual)-(relu|none)$")
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    out_channels: int
-    kernel: int
-    residual: bool
-    relu: bool
-
-
-def parse_layers(text: str) -> list[LayerSpec]:
-    """Parse Cool-chic's '<out>-<kernel 1|3>-<linear|residual>-<relu|none>' list, comma separated."""
-    specs = []
-    for part in (p.strip() for p in text.split(",")):
-        match = _LAYER.match(part)
-        if not match:
-            raise ConfigError(f"synthesis layer {part!r}: expected '<out>-<1|3>-<linear|residual>-<relu|none>'")
-        out, k, kind, act = match.groups()
-        if not 1 <= int(out) <= 256:
-            raise ConfigError(f"synthesis layer {part!r}: channels must be in 1..256")
-        specs.append(LayerSpec(int(out), int(k), kind == "residual", act == "relu"))
-    if not specs or specs[-1].out_channels != 3:
-        raise ConfigError(f"synthesis {text!r}: the last layer must output 3 channels")
-    return specs
-
-
 class CoolChicSynthesis(nn.Module):
     """Per-pixel synthesis from the upsampled latent stack, plus a linear 1x1 stabiliser path."""
 
@@ -270,17 +227,9 @@ class CoolChicSynthesis(nn.Module):
         x = x + fx.linear(stack.reshape(1, h * w, c), sw, swe, sb, sbe, "synthesis stabiliser").reshape(1, h, w, 3)
         return fx.unit_to_uint8(x[0])
 
-    def macs_per_pixel(self) -> int:
-        total, channels = 0, self.in_channels
-        for spec in self.specs:
-            total += channels * spec.out_channels * spec.kernel**2
-            channels = spec.out_channels
-        return total + self.in_channels * 3
-
 
 # -- LotteryCodec -------------------------------------------------------------------------------------
-#: Fractional bits of the frozen random weights (they are generated, never transmitted).
-RANDOM_WEIGHT_FRAC_BITS = 16
+RANDOM_WEIGHT_FRAC_BITS = randomnet.RANDOM_WEIGHT_FRAC_BITS
 
 
 class _TopKMask(torch.autograd.Function):
@@ -295,16 +244,10 @@ class _TopKMask(torch.autograd.Function):
         return grad, None
 
 
-def random_fourier_weights(out_features: int, in_features: int, generator: torch.Generator,
-                           scale: float = 0.05) -> torch.Tensor:
-    """LotteryCodec's "FFN" initialisation: W = Λ·B over a fixed cosine bank B, Λ random.
-
-    B holds 128 frequencies (64 low, k/64, and 64 high, k) x 32 phases = 4096 rows of cosines sampled
-    at ``in_features`` points across one period of the lowest frequency, times ``scale``. Only Λ
-    (uniform, each column bounded by √(6/4096)/‖B_row‖) comes from the generator. The product is
-    computed in float64 on the CPU and rounded to 2^-16 steps, so every machine rebuilds the same
-    integers (a float64 rounding difference would have to land exactly on a rounding boundary).
-    """
+def _fourier_weights_format1(out_features: int, in_features: int, generator: torch.Generator,
+                             scale: float = 0.05) -> torch.Tensor:
+    """:func:`.randomnet.random_fourier_weights` as format 1 computed it, in torch (whose ``cos``
+    differs from the C library's in the last bit now and then)."""
     k = torch.arange(1, 65, dtype=torch.float64)
     freqs = torch.cat([k / 64.0, k])
     phases = 2 * math.pi * torch.arange(32, dtype=torch.float64) / 32
@@ -316,48 +259,21 @@ def random_fourier_weights(out_features: int, in_features: int, generator: torch
     return fx.to_fixed(lam @ bank, RANDOM_WEIGHT_FRAC_BITS)
 
 
-def random_weights(shapes: list[tuple[int, int]], seed: int) -> list[torch.Tensor]:
-    """The frozen random weights of every layer as integers at 2^-16, drawn in layer order from one
-    dedicated CPU generator (never the global RNG)."""
+def random_weights_format1(shapes: list[tuple[int, int]], seed: int) -> list[torch.Tensor]:
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return [random_fourier_weights(out_f, in_f, generator) for out_f, in_f in shapes]
+    return [_fourier_weights_format1(out_f, in_f, generator) for out_f, in_f in shapes]
 
 
-@dataclass(frozen=True)
-class LotteryShape:
-    """Sizes of LotteryCodec's random MLP and modulation network (the released defaults)."""
-
-    n_grids: int = 7
-    mod_channels: int = 48
-    hidden: tuple[int, int, int] = (32, 24, 16)
-
-    @property
-    def modulation_widths(self) -> tuple[int, int, int]:
-        """Channels of m1 = [o3, o2], m2 = [o3, o2, o1], m3 = [o3, o2, o1, o0]."""
-        return 6, 9, 9 + self.mod_channels
-
-    @property
-    def layer_shapes(self) -> list[tuple[int, int]]:
-        m1, m2, m3 = self.modulation_widths
-        h1, h2, h3 = self.hidden
-        return [(h1, 2), (h2, h1 + m1), (h3, h2 + m2), (3, h3 + m3)]
-
-    @property
-    def n_weights(self) -> int:
-        return sum(o * i for o, i in self.layer_shapes)
+def random_weights(shapes: list[tuple[int, int]], seed: int, format_version: int = 2) -> list[torch.Tensor]:
+    """The frozen random weights of every layer as integers at 2^-16 (float64 tensors)."""
+    if format_version == 1:
+        return random_weights_format1(shapes, seed)
+    return [torch.from_numpy(w.astype(np.float64)) for w in randomnet.random_weights(shapes, seed)]
 
 
 def pixel_coordinates(height: int, width: int) -> torch.Tensor:
     """(H*W, 2) fixed-point (x, y) in [-1, 1] (x along the width), as exact integers at 2^-12."""
-    def axis(n: int) -> torch.Tensor:
-        if n == 1:
-            return torch.tensor([-fx.ONE], dtype=torch.float64)
-        i = torch.arange(n, dtype=torch.float64)
-        num = (2 * i - (n - 1)) * fx.ONE  # round(num / (n - 1)), halves up, in exact integers
-        return torch.floor((2 * num + (n - 1)) / (2 * (n - 1)))
-
-    ys, xs = torch.meshgrid(axis(height), axis(width), indexing="ij")
-    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+    return torch.from_numpy(intmath.pixel_coordinates(height, width))
 
 
 class LotterySynthesis(nn.Module):
@@ -445,7 +361,7 @@ class LotterySynthesis(nn.Module):
 
     @staticmethod
     def fixed(stack: torch.Tensor, params: QParams, masks: list[torch.Tensor], seed: int,
-              shape: LotteryShape) -> torch.Tensor:
+              shape: LotteryShape, format_version: int = 2) -> torch.Tensor:
         """Fixed-point synthesis of one model: (1, H, W, L) integers -> (H, W, 3) uint8 levels."""
         _, h, w, _ = stack.shape
 
@@ -456,7 +372,7 @@ class LotterySynthesis(nn.Module):
         shallow, o0 = LotterySynthesis._modulation(stack, linear, lambda x, i: linear(patches3x3(x), i), fx.gelu)
         mods = torch.cat([shallow, o0], -1)
         device = stack.device
-        ws = [(rw * m.to(torch.float64))[None].to(device) for rw, m in zip(random_weights(shape.layer_shapes, seed), masks)]
+        ws = [(rw * m.to(torch.float64))[None].to(device) for rw, m in zip(random_weights(shape.layer_shapes, seed, format_version), masks)]
         e = RANDOM_WEIGHT_FRAC_BITS
         x = fx.gelu(fx.linear(pixel_coordinates(h, w).to(device)[None], ws[0], e, what="random layer 0"))
         for layer, width in zip((1, 2, 3), shape.modulation_widths):
@@ -464,9 +380,3 @@ class LotterySynthesis(nn.Module):
             if layer < 3:
                 x = fx.gelu(x)
         return fx.tanh_to_uint8(x[0]).reshape(h, w, 3)
-
-    def macs_per_pixel(self, kept: int | None = None) -> float:
-        """Kept random weights (the decoder skips the masked ones) plus the modulation network."""
-        s = self.shape
-        mod = s.n_grids * s.mod_channels + s.mod_channels * 3 + 2 * 27 * 3
-        return (kept if kept is not None else s.n_weights) + mod

@@ -35,16 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bitstream import decode_varint, encode_varint
-from ..errors import BitstreamError
-from .expgolomb import MAX_ORDER, BitReader, code_bits, encode_signed
+from ..bitstream import encode_varint
+from .expgolomb import MAX_ORDER, code_bits, encode_signed
+from .format import FLOAT32_EXACT_INT as _FLOAT32_EXACT_INT
+from .format import MAX_STEP_EXPONENT, parse_param_ints
 
-# Largest step exponent (step = 2^-64) that keeps ints * step a normal float32 for any |int| >= 1.
-MAX_STEP_EXPONENT = 64
 # Orders tried when picking the Exp-Golomb order of a tensor (Cool-chic tries 0..12).
 DEFAULT_KMAX = 12
-# float32 represents every integer up to this magnitude exactly.
-_FLOAT32_EXACT_INT = 1 << 24
 
 TensorGroup = torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
 
@@ -254,35 +251,9 @@ def encode_params(
 
 
 def parse_params(data: bytes, shapes: Mapping[str, Sequence[int]]) -> dict[str, QuantizedTensor]:
-    """Reads the integers, steps and orders written by ``encode_params``."""
-    data = bytes(data)
-    n_tensors, pos = decode_varint(data, 0, "NN parameter count")
-    if n_tensors != len(shapes):
-        raise BitstreamError(f"NN payload holds {n_tensors} tensors, the decoder expects {len(shapes)}")
-    result: dict[str, QuantizedTensor] = {}
-    for name in sorted(shapes):
-        if pos + 2 > len(data):
-            raise BitstreamError(f"truncated NN payload: header of tensor {name!r} is missing")
-        exponent, order = data[pos], data[pos + 1]
-        if exponent > MAX_STEP_EXPONENT:
-            raise BitstreamError(f"malformed NN payload: step exponent {exponent} of {name!r} is out of range")
-        if order > MAX_ORDER:
-            raise BitstreamError(f"malformed NN payload: Exp-Golomb order {order} of {name!r} is out of range")
-        n_bytes, pos = decode_varint(data, pos + 2, f"NN payload length of {name!r}")
-        if pos + n_bytes > len(data):
-            raise BitstreamError(f"truncated NN payload: tensor {name!r} needs {n_bytes} bytes, {len(data) - pos} left")
-        shape = tuple(int(s) for s in shapes[name])
-        count = math.prod(shape)
-        reader = BitReader(data[pos : pos + n_bytes], what=f"NN payload of {name!r}")
-        ints = reader.read_signed_exp_golomb(count, order)
-        reader.expect_padding()
-        if count and int(np.abs(ints).max()) > _FLOAT32_EXACT_INT:
-            raise BitstreamError(f"malformed NN payload: integer of {name!r} beyond 2^24")
-        pos += n_bytes
-        result[name] = QuantizedTensor(torch.from_numpy(ints).reshape(shape), 2.0**-exponent, int(order))
-    if pos != len(data):
-        raise BitstreamError(f"malformed NN payload: {len(data) - pos} trailing bytes")
-    return result
+    """Reads the integers, steps and orders written by ``encode_params`` (:func:`.format.parse_param_ints`)."""
+    return {name: QuantizedTensor(torch.from_numpy(ints), 2.0**-exponent, order)
+            for name, (ints, exponent, order) in parse_param_ints(data, shapes).items()}
 
 
 def decode_params(
