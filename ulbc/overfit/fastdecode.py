@@ -37,7 +37,7 @@ from .arch import (
     parse_layers,
     wavefront_stride,
 )
-from .format import network_shapes, parse_header, parse_param_ints, split_payload
+from .format import masks_of, network_shapes, parse_header, parse_param_ints, split_payload
 from .intmath import (
     ACT_FRAC_BITS,
     EXACT_LIMIT,
@@ -48,7 +48,6 @@ from .intmath import (
     pixel_coordinates,
     tanh_uint8_table,
 )
-from .maskcoding import decode_masks
 from .randomnet import RANDOM_WEIGHT_FRAC_BITS, random_weights
 
 #: Kernel status codes (the kernels report, the Python side raises).
@@ -643,11 +642,7 @@ def decode(kind: str, header: bytes, payload: bytes, width: int, height: int) ->
     limits.check_memory(memory_bytes(arch, height, width), f"a {width}x{height} {kind} image")
     nn_data, mask_data, latent_data = split_payload(payload, h.nn_bytes, h.mask_bytes)
     params = parse_param_ints(nn_data, network_shapes(arch))
-    masks = None
-    if kind == "lottery":
-        masks = decode_masks(mask_data, arch.lottery_shape.layer_shapes)
-    elif mask_data:
-        raise BitstreamError("unexpected mask payload")
+    masks = masks_of(kind, arch, mask_data)
     values = decode_latents(latent_data, arch, height, width, h.bound, params)
     stack = upsampled_stack(values, arch, height, width, params)
     if kind == "coolchic":

@@ -36,6 +36,7 @@ from ..bitstream import decode_varint, encode_varint
 from ..errors import BitstreamError, ConfigError
 from .arch import Architecture, param_shapes, parse_layers
 from .expgolomb import MAX_ORDER, BitReader
+from .maskcoding import decode_masks
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -167,6 +168,15 @@ def kept_weights(kind: str, header: bytes, payload: bytes) -> int | None:
         k, pos = decode_varint(mask_data, pos, f"mask {i} count")
         total += k
     return total
+
+
+def masks_of(kind: str, arch: Architecture, mask_data: bytes) -> list[np.ndarray] | None:
+    """LotteryCodec's decoded masks (:mod:`.maskcoding`); None for coolchic, which carries none."""
+    if kind == "lottery":
+        return decode_masks(mask_data, arch.lottery_shape.layer_shapes)
+    if mask_data:
+        raise BitstreamError("unexpected mask payload")
+    return None
 
 
 def network_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:

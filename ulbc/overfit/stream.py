@@ -19,6 +19,7 @@ from .format import (  # noqa: F401 (re-exported)
     Layout,
     kept_weights,
     layout,
+    masks_of,
     network_shapes,
     parse_header,
     parse_param_ints,
@@ -26,7 +27,7 @@ from .format import (  # noqa: F401 (re-exported)
     split_payload,
     write_header,
 )
-from .maskcoding import decode_masks, encode_masks
+from .maskcoding import encode_masks
 from .model import Architecture, reconstruct
 from .nnquant import encode_params
 from .networks import QParams, parse_layers
@@ -95,11 +96,7 @@ def read(kind: str, header: bytes, payload: bytes, width: int, height: int) -> D
     limits.check_memory(decoder_memory_bytes(arch, height, width), f"a {width}x{height} {kind} image")
     nn_data, mask_data, latent_data = split_payload(payload, h.nn_bytes, h.mask_bytes)
     params = to_qparams(nn_data, network_shapes(arch))
-    masks = None
-    if kind == "lottery":
-        masks = decode_masks(mask_data, arch.lottery_shape.layer_shapes)
-    elif mask_data:
-        raise BitstreamError("unexpected mask payload")
+    masks = masks_of(kind, arch, mask_data)
     try:
         grids = decode_latents(latent_data, arch.grid_shapes(height, width), h.bound,
                                QuantizedARM.from_params(params, arch.arm_hidden, arch.arm_context, arch.arm_coarse),
