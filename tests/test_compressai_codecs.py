@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ulbc import weights
+from ulbc import bitstream, weights
 from ulbc.errors import BitstreamError, ConfigError, UlbcError
 
 from standin_weights import compressai_standin_state, write_compressai_standins
@@ -232,6 +232,13 @@ def test_decoder_refuses_other_weights_and_names_missing_ones(image, tmp_path, m
     with pytest.raises(BitstreamError, match=r"made with checkpoint .*q1.pth.tar \(sha256 [0-9a-f]{16}\.\.\.\), "
                                              r"which is not on this machine$"):
         decode_bitstream(data)
+    # A damaged reference is never echoed into a message as a line break.
+    damaged = bitstream.seal(data[:-4].replace(b"hyperprior-q1", b"hyperprior\nq1"))
+    with pytest.raises(BitstreamError) as caught:
+        decode_bitstream(damaged)
+    assert "\n" not in str(caught.value) and "non-printable" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"^codec 'bmshj2018-hyperprior': checkpoint '.*\\t.*' has non-printable"):
+        get_codec("bmshj2018-hyperprior", checkpoint="a\tb-q{quality}.pth").check_resources(1)
 
 
 def test_zoo_weights_missing_is_one_line_naming_file_url_and_import(image):

@@ -119,6 +119,8 @@ class CompressAICodec(Codec):
         reference = self._reference(int(rate))
         if self.architecture == "" and not reference:
             raise ConfigError(f"codec {self.name!r}: needs checkpoint: ({_CHECKPOINT_HELP})")
+        if not reference.isprintable():
+            raise ConfigError(f"codec {self.name!r}: checkpoint {reference!r} has non-printable characters")
         if reference and reference not in weights.registry():
             path = Path(reference).expanduser()
             if not path.is_file():
@@ -216,6 +218,9 @@ def parse_params(params: bytes, payload: bytes, codec: CompressAICodec) -> dict[
             reference = params[pos : pos + length].decode("utf-8")
         except UnicodeDecodeError:
             raise BitstreamError("the checkpoint reference is not UTF-8") from None
+        if not reference.isprintable():
+            # A damaged byte can become a newline or escape; never echo it into an error message.
+            raise BitstreamError(f"the checkpoint reference {reference!r} has non-printable characters")
         pos += length
     if pos + _WEIGHTS_ID_BYTES + _CHECKSUM_BYTES > len(params):
         raise BitstreamError(f"{codec.name} parameters are truncated")
