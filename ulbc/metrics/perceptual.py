@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import pickle
 import types
 import warnings
 from importlib import metadata
@@ -35,6 +34,7 @@ import numpy as np
 
 from .. import weights
 from ..codecs.base import Option
+from ..statedict import check_layout, read_tensors, shape_text
 from ..errors import InputError, ToolMissingError
 from . import register_metric
 from .base import Column, Metric
@@ -52,34 +52,10 @@ LPIPS_VERSION = "0.1"
 DISTS_WEIGHTS = "torchvision-vgg16"
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 @functools.lru_cache(maxsize=None)
 def _package_file_sha256(path: str) -> str:
     """sha256 of a file shipped inside an installed package (it does not change while we run)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _read_tensors(path: Path, what: str) -> dict:
-    """The mapping of tensors saved at ``path``; InputError (one line naming the file) otherwise."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # a pickled module or other objects, not plain tensors
-        raise InputError(f"{path}: not {what} (not a torch.save file of plain tensors)") from None
-    except Exception as exc:  # torch reports unreadable files through many exception types
-        raise InputError(f"{path}: not {what} ({_one_line(exc)})") from None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise InputError(f"{path}: not {what} (expected a mapping of names to tensors)")
-    return state
-
-
-def _shape(tensor) -> str:
-    return "x".join(str(n) for n in tensor.shape) or "scalar"
 
 
 def load_backbone(path: Path, architecture: str, stages) -> None:
@@ -90,20 +66,11 @@ def load_backbone(path: Path, architecture: str, stages) -> None:
     import torch
 
     what = f"a torchvision {architecture} state dict"
-    state = _read_tensors(path, what)
+    state = read_tensors(path, what)
     targets = {f"features.{name}": param for _, stage in stages.named_children()
                for name, param in stage.named_parameters()}
     present = {key: value for key, value in state.items() if key.startswith("features.")}
-    missing = [key for key in targets if key not in present]
-    extra = [key for key in present if key not in targets]
-    if missing or extra:
-        parts = ([f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")]
-                 if missing else []) + (
-                [f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")] if extra else [])
-        raise InputError(f"{path}: not {what} ({'; '.join(parts)})")
-    for key, target in targets.items():
-        if present[key].shape != target.shape:
-            raise InputError(f"{path}: not {what} ({key} is {_shape(present[key])}, expected {_shape(target)})")
+    check_layout(path, what, present, targets)
     with torch.no_grad():
         for key, target in targets.items():
             target.copy_(present[key])
@@ -237,14 +204,14 @@ class DISTS(_PerceptualNetwork):
             network = DISTS_pt.DISTS(load_weights=False)
         load_backbone(backbone, "vgg16", network)
         path = self.alpha_beta()
-        state = _read_tensors(path, "DISTS' alpha/beta weights")
+        state = read_tensors(path, "DISTS' alpha/beta weights")
         with torch.no_grad():
             for key in ("alpha", "beta"):
                 target = getattr(network, key)
                 if key not in state or state[key].shape != target.shape:
-                    found = _shape(state[key]) if key in state else "absent"
+                    found = shape_text(state[key]) if key in state else "absent"
                     raise InputError(f"{path}: not DISTS' alpha/beta weights ({key} is {found}, "
-                                     f"expected {_shape(target)})")
+                                     f"expected {shape_text(target)})")
                 target.copy_(state[key])
         return network
 

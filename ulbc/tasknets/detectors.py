@@ -9,12 +9,12 @@ registered COCO file of the architecture (``torchvision-<arch>-coco``) or any ot
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
 from .. import weights
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
+from ..statedict import check_layout, one_line, read_tensors
 
 #: torchvision's label space of its COCO models: ids 1..90 with gaps, 0 is the background.
 COCO_NUM_CLASSES = 91
@@ -30,11 +30,6 @@ def architectures() -> tuple[str, ...]:
 
 def default_weights(architecture: str) -> str:
     return weights.torchvision_detection_weights(architecture)
-
-
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 #: Architectures whose published weights were trained with a frozen-BatchNorm backbone: torchvision
@@ -71,44 +66,22 @@ def build_detector(architecture: str, **overrides: Any):
         model = torchvision.models.get_model(architecture, weights=None, weights_backbone=None,
                                              num_classes=COCO_NUM_CLASSES, **overrides)
     except TypeError as exc:  # a setting this architecture does not take (score_thresh on Mask R-CNN)
-        raise ConfigError(f"detector {architecture}: {_one_line(exc)}") from None
+        raise ConfigError(f"detector {architecture}: {one_line(exc)}") from None
     if architecture in _FROZEN_BACKBONE_NORM:
         _freeze_norms(model.backbone.body)
     return model
 
 
 def read_state_dict(path: Path, what: str) -> dict:
-    """The plain-tensor state dict at ``path``; InputError (one line naming the file) otherwise."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise InputError(f"{path}: not {what} (not a torch.save file of plain tensors)") from None
-    except Exception as exc:  # torch reports unreadable files through many exception types
-        raise InputError(f"{path}: not {what} ({_one_line(exc)})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # torchvision's training checkpoints
-        state = state["model"]
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise InputError(f"{path}: not {what} (expected a mapping of names to tensors)")
-    return state
+    """The plain-tensor state dict at ``path`` (torchvision's training checkpoints nest it under
+    ``model``); InputError (one line naming the file) otherwise."""
+    return read_tensors(path, what, unwrap="model")
 
 
 def load_state(module, path: Path, what: str) -> None:
     """Load the state dict at ``path`` into ``module``: the same keys and shapes, or one-line InputError."""
     state = read_state_dict(path, what)
-    own = module.state_dict()
-    missing = [key for key in own if key not in state]
-    extra = [key for key in state if key not in own]
-    if missing or extra:
-        parts = ([f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")]
-                 if missing else []) + (
-                [f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")] if extra else [])
-        raise InputError(f"{path}: not {what} ({'; '.join(parts)})")
-    for key, value in own.items():
-        if state[key].shape != value.shape:
-            shape = "x".join(map(str, state[key].shape)) or "scalar"
-            raise InputError(f"{path}: not {what} ({key} is {shape}, expected {'x'.join(map(str, value.shape))})")
+    check_layout(path, what, state, module.state_dict())
     module.load_state_dict(state)
 
 
