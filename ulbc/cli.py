@@ -503,6 +503,24 @@ def cmd_check_config(args) -> None:
     print(f"config OK: {len(datasets)} dataset(s), {len(plans)} method(s)")
 
 
+def cmd_train_adapter(args) -> None:
+    from .adapter.train import AdapterTraining, train_adapter
+
+    task_settings = {key: value for key, value in (("min_size", args.task_min_size),
+                                                   ("max_size", args.task_max_size)) if value is not None}
+    settings = AdapterTraining(
+        base=args.base, quality=args.quality, images=Path(args.images), annotations=Path(args.annotations),
+        out=Path(args.out), base_weights=args.base_weights, task=args.task, task_weights=args.task_weights,
+        task_settings=task_settings, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        lambda_h=args.lambda_h, lambda_m=args.lambda_m, crop=args.crop or None, flip=not args.no_flip,
+        width=args.width, device=args.device, seed=args.seed, resume=args.resume, finetune_codec=args.finetune_codec,
+        checkpoint_every=args.checkpoint_every, log=Path(args.log) if args.log else None,
+        progress=not args.quiet)
+    result = train_adapter(settings)
+    last = ", ".join(f"{k} {result.last[k]:.4g}" for k in ("loss", "bpp", "mse", "task") if k in result.last)
+    print(f"{result.checkpoint}: {result.steps_done} step(s){'; last ' + last if last else ''}; log {result.log}")
+
+
 # -- parser --------------------------------------------------------------------------------------------
 def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", required=True, help="registered codec name (ulbc codecs)")
@@ -767,6 +785,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bd_args(p)
     p.add_argument("--out", help="also write the table (.csv or .html)")
     p.set_defaults(func=cmd_bdrate)
+
+    p = sub.add_parser("train", help="train a network of ulbc: the dynamic adapter of a learned codec's decode "
+                       "for machine vision (ICIP 2024)")
+    tsub = p.add_subparsers(dest="train_command", required=True, metavar="WHAT")
+    q = tsub.add_parser("adapter", help="train g_t, x̄ = g_t(x̂), for a detector on COCO-format data: "
+                        "R + λ_h·MSE + λ_m·(detector losses)")
+    q.add_argument("--base", required=True, help="CompressAI architecture of the codec (e.g. cheng2020-anchor)")
+    q.add_argument("--base-weights", metavar="NAME|PATH",
+                   help="weights name or checkpoint file (default: the zoo's MSE model of --quality)")
+    q.add_argument("--quality", type=_positive_int, required=True, help="the codec's quality (sets the default λ_h)")
+    q.add_argument("--task", default="maskrcnn_resnet50_fpn", help="torchvision detection architecture")
+    q.add_argument("--task-weights", metavar="NAME", help="weights name (default: its registered COCO file)")
+    q.add_argument("--task-min-size", type=_positive_int, help="the detector's resize: shorter side (default 800)")
+    q.add_argument("--task-max-size", type=_positive_int, help="the detector's resize: longer side limit (default 1333)")
+    q.add_argument("--images", required=True, help="folder of the COCO images")
+    q.add_argument("--annotations", required=True, help="COCO instances JSON")
+    q.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file (rewritten atomically)")
+    q.add_argument("--log", help="JSON-lines log of the loss terms per step (default: CKPT.jsonl)")
+    q.add_argument("--steps", type=_positive_int, default=10000, help="steps in all, a resumed run included")
+    q.add_argument("--batch-size", type=_positive_int, default=8)
+    q.add_argument("--lr", type=float, default=1e-4)
+    q.add_argument("--lambda-h", type=float, help="weight of the MSE on the 0-255 scale (default: CompressAI's λ "
+                   "of the quality)")
+    q.add_argument("--lambda-m", type=float, default=1.0, help="weight of the detector's losses")
+    q.add_argument("--crop", type=int, default=256, help="training crop side in pixels (0: whole images)")
+    q.add_argument("--no-flip", action="store_true", help="no random left-right flips")
+    q.add_argument("--width", type=_positive_int, default=64, help="the adapter's feature channels")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--resume", action="store_true", help="continue the training in CKPT")
+    q.add_argument("--finetune-codec", action="store_true", help="train the codec too, end to end")
+    q.add_argument("--checkpoint-every", type=_positive_int, default=500, metavar="N")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_train_adapter)
 
     p = sub.add_parser("check-config", help="validate a study config without running anything")
     p.add_argument("config")

@@ -1,9 +1,18 @@
 """Features of dataset-level metrics: written per shard by evaluate jobs, reduced per rate point.
 
-FID and KID compare two distributions of patch features, so no per-item value exists to average.
-Each evaluate job stores the features of its ok items in one ``.npz`` file (no pickles; metadata as
-a JSON array); :func:`dataset_metric_table` gathers the files of a study, concatenates them per
-(dataset, method, rate point) and computes each metric once over the whole set.
+FID and KID compare two distributions of patch features, and detection mAP ranks every detection
+of a rate point at once, so no per-item value exists to average. Each evaluate job stores the
+features of its ok items in one ``.npz`` file (no pickles; metadata as a JSON array);
+:func:`dataset_metric_table` gathers the files of a study, joins them per (dataset, method, rate
+point) into one :class:`~ulbc.metrics.base.FeatureSet` and computes each metric once over the
+whole set.
+
+File layout (``ulbc-features-2``): per features key (metrics sharing one computation) and side one
+array ``f<key index>_<side>`` holding the rows of every item in item order, of one of the
+:data:`~ulbc.metrics.base.FEATURE_DTYPES`; the metadata lists the items in that order with their
+rows per key and side (``[item, {key: {side: rows}}]``), which are checked against the arrays
+before any is used. The sides of one item may differ in length (detections on the reference and
+on the reconstruction).
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ import pyarrow.parquet as pq
 from .errors import InputError
 from .fsutil import atomic_path
 from .metrics import METRICS, Metric, build_metrics
-from .metrics.base import MetricUndefined, check_values
+from .metrics.base import FeatureSet, MetricUndefined, check_values
 from .schema import DATASET_METRIC_SCHEMA, RATE_POINT_KEYS
 
-FORMAT = "ulbc-features-1"
+FORMAT = "ulbc-features-2"
+#: Earlier layouts, named in the error that asks for a rerun.
+_OLD_FORMATS = ("ulbc-features-1",)
 _META = "meta"
 
 
@@ -37,34 +48,60 @@ class FeatureCollector:
         self.extractors: dict[str, Metric] = {}
         for metric in metrics:
             self.extractors.setdefault(metric.features_key(), metric)
-        self.parts: dict[str, dict[str, list[np.ndarray]]] = {key: defaultdict(list) for key in self.extractors}
+        self.entries: dict[str, list[tuple[str, dict[str, np.ndarray]]]] = {key: [] for key in self.extractors}
         self.items: list[list] = []
 
     def add(self, item: str, reference: np.ndarray, reconstruction: np.ndarray) -> None:
         counts = {}
         for key, extractor in self.extractors.items():
-            features = extractor.features(reference, reconstruction)
-            lengths = {len(v) for v in features.values()}
-            if len(lengths) != 1:
-                raise InputError(f"metric {extractor.name!r}: feature arrays of item {item!r} differ in length")
-            for side, values in features.items():
-                self.parts[key][side].append(np.ascontiguousarray(values, dtype=np.float32))
-            counts[key] = lengths.pop()
+            what = f"metric {extractor.name!r}"
+            features = FeatureSet.from_items([(item, extractor.item_features(item, reference, reconstruction))],
+                                             what=what)
+            rows = {side: int(features.counts(side)[0]) for side in features}
+            if extractor.paired_features and len(set(rows.values())) > 1:
+                raise InputError(f"{what}: feature arrays of item {item!r} differ in length")
+            self.entries[key].append((item, {side: features[side] for side in features}))
+            counts[key] = rows
         self.items.append([item, counts])
 
     def write(self, path: str | os.PathLike, meta: dict[str, Any]) -> None:
         arrays: dict[str, np.ndarray] = {}
         sides: dict[str, list[str]] = {}
-        for index, (key, by_side) in enumerate(self.parts.items()):
-            sides[key] = sorted(by_side)
+        for index, (key, entries) in enumerate(self.entries.items()):
+            joined = FeatureSet.from_items(entries, what=f"metric {self.extractors[key].name!r}")
+            sides[key] = sorted(joined)
             for side in sides[key]:
-                arrays[f"f{index}_{side}"] = np.concatenate(by_side[side]) if by_side[side] else np.zeros((0, 0),
-                                                                                                         np.float32)
-        record = dict(meta, format=FORMAT, keys=list(self.parts), sides=sides, items=self.items)
+                arrays[f"f{index}_{side}"] = joined[side]
+        record = dict(meta, format=FORMAT, keys=list(self.entries), sides=sides, items=self.items)
         arrays[_META] = np.frombuffer(json.dumps(record, sort_keys=True).encode(), dtype=np.uint8)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
+
+
+def _check_layout(path: str, meta: dict) -> None:
+    """The keys, sides and items lists have the shapes the reader relies on."""
+    keys, sides, items = meta.get("keys"), meta.get("sides"), meta.get("items")
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys) and isinstance(sides, dict)
+            and set(sides) == set(keys)
+            and all(isinstance(v, list) and all(isinstance(s, str) for s in v) for v in sides.values())):
+        raise InputError(f"{path}: features file with a malformed keys/sides record")
+    if not isinstance(items, list):
+        raise InputError(f"{path}: features file with a malformed items list")
+    for entry in items:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], dict)):
+            raise InputError(f"{path}: features file with a malformed items list (entry {_short(entry)})")
+        for key, rows in entry[1].items():
+            if key not in sides or not isinstance(rows, dict) or sorted(rows) != sorted(sides[key]) or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in rows.values()):
+                raise InputError(f"{path}: item {entry[0]!r} lists malformed row counts for {key} "
+                                 f"({_short(rows)}; sides {sides.get(key)})")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_meta(path: str) -> dict:
@@ -75,36 +112,62 @@ def _read_meta(path: str) -> dict:
             meta = json.loads(data[_META].tobytes().decode())
     except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, EOFError) as exc:
         raise InputError(f"{path}: unreadable features file ({' '.join(str(exc).split())[:200]})") from None
+    if isinstance(meta, dict) and meta.get("format") in _OLD_FORMATS:
+        raise InputError(f"{path}: a {meta['format']} features file of an older ulbc, not {FORMAT}; rerun its shard")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path}: not a {FORMAT} features file")
     try:
         meta["metric_info"] = json.loads(meta["metric_info"])  # the rows' JSON text
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{path}: features file without a readable metric_info record") from None
+    _check_layout(path, meta)
     return meta
 
 
-def _read_arrays(path: str, meta: dict, key: str) -> dict[str, np.ndarray]:
+def _read_features(path: str, meta: dict, key: str) -> FeatureSet:
+    """The features ``key`` of one file, the items' row counts checked against the arrays."""
     index = meta["keys"].index(key)
-    expected = sum(int(counts.get(key, 0)) for _, counts in meta["items"])
-    out = {}
-    with np.load(path, allow_pickle=False) as data:
-        for side in meta["sides"][key]:
-            values = data[f"f{index}_{side}"]
-            if values.ndim != 2 or values.shape[0] != expected:
-                raise InputError(f"{path}: features {key}/{side} hold {values.shape[0]} rows, the items list {expected}")
-            out[side] = values
-    return out
+    items = [(item, counts[key]) for item, counts in meta["items"] if key in counts]
+    if len(items) != len(meta["items"]):
+        raise InputError(f"{path}: {len(meta['items']) - len(items)} item(s) without row counts for {key}")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for side in meta["sides"][key]:
+                name = f"f{index}_{side}"
+                if name not in data.files:
+                    raise InputError(f"{path}: features {key}/{side} are listed but not stored")
+                arrays[side] = data[name]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{path}: unreadable features {key} ({' '.join(str(exc).split())[:200]})") from None
+    counts = {side: [rows[side] for _, rows in items] for side in arrays}
+    return FeatureSet(arrays, [item for item, _ in items], counts, what=f"{path}: features {key}")
 
 
-def _joined_features(files: list[tuple[str, dict]], metric: str, key: str) -> dict[str, np.ndarray]:
-    """The features ``key`` of every file of a rate point, concatenated per side."""
+def _joined_features(files: list[tuple[str, dict]], metric: str, key: str) -> FeatureSet:
+    """The features ``key`` of every file of a rate point, joined in file order."""
     missing = [path for path, meta in files if key not in meta["keys"]]
     if missing:
         raise InputError(f"{missing[0]}: holds no features for metric {metric!r} ({key})")
-    parts = [_read_arrays(path, meta, key) for path, meta in files]
-    return {side: np.concatenate([p[side] for p in parts if p[side].size] or [np.zeros((0, 0), np.float32)])
-            for side in sorted(parts[0])}
+    parts = [(path, _read_features(path, meta, key)) for path, meta in files]
+    # A shard without ok items stores no sides; the others must agree on them and on each side's layout.
+    with_items = [(path, part) for path, part in parts if part.items]
+    if not with_items:
+        return FeatureSet({}, (), {}, what=f"features {key}")
+    first_path, first = with_items[0]
+    sides = sorted(first)
+    for path, part in with_items[1:]:
+        if sorted(part) != sides:
+            raise InputError(f"{path}: features {key} have sides {sorted(part)}, {first_path} {sides}")
+        for side in sides:
+            if (part[side].dtype, part[side].shape[1:]) != (first[side].dtype, first[side].shape[1:]):
+                raise InputError(f"{path}: features {key}/{side} are {part[side].dtype} rows of "
+                                 f"{part[side].shape[1:]}, {first_path} {first[side].dtype} rows of "
+                                 f"{first[side].shape[1:]}")
+    arrays = {side: np.concatenate([part[side] for _, part in with_items]) for side in sides}
+    counts = {side: np.concatenate([part.counts(side) for _, part in with_items]) for side in sides}
+    items = [item for _, part in with_items for item in part.items]
+    return FeatureSet(arrays, items, counts, what=f"features {key}")
 
 
 def _metrics_of(meta: dict) -> list[Metric]:
@@ -133,12 +196,14 @@ def dataset_metric_table(feature_paths: Iterable[str | os.PathLike], out_path: s
         row: dict[str, Any] = dict(zip(RATE_POINT_KEYS, point), n_items=sum(len(m["items"]) for _, m in files),
                                    metric_info=infos[0], code_digest=digests[0])
         notes = []
-        joined_by_key: dict[str, dict[str, np.ndarray]] = {}  # FID and KID share one set of features
+        joined_by_key: dict[str, FeatureSet] = {}  # FID and KID share one set of features
         for metric in _metrics_of(files[0][1]):
             key = metric.features_key()
             if key not in joined_by_key:
                 joined_by_key[key] = _joined_features(files, metric.name, key)
             try:
+                if not joined_by_key[key].items:
+                    raise MetricUndefined("no ok item at this rate point")
                 values = check_values(metric, metric.from_features(joined_by_key[key]), metric.columns)
             except MetricUndefined as exc:
                 values = {column.name: math.nan if column.dtype == "float64" else None for column in metric.columns}

@@ -36,6 +36,11 @@ def selected_decoder() -> str:
 #: Cool-chic synthesis presets; the names of :data:`ulbc.overfit.model.COOLCHIC_PRESETS` (a test
 #: keeps the two equal), written out so the registry loads without torch.
 COOLCHIC_PRESET_NAMES = ("hop", "lop", "mop")
+#: ImageNet classifiers the task term may use: the names of :data:`ulbc.tasknets.classifiers.CLASSIFIERS`
+#: (a test keeps the two equal), written out so the registry loads without torch.
+TASK_CLASSIFIERS = ("mobilenet_v2", "efficientnet_lite0")
+#: Their default weights entries (the classifiers' own defaults; the same test checks them).
+TASK_CLASSIFIER_WEIGHTS = {"mobilenet_v2": "torchvision-mobilenet_v2", "efficientnet_lite0": "efficientnet-lite0"}
 
 _COMMON_OPTIONS: dict[str, Option] = {
     "iterations": Option(1000, "int", low=1, help="optimisation budget per image (warm-up candidates count)"),
@@ -52,6 +57,13 @@ _COMMON_OPTIONS: dict[str, Option] = {
     "threads": Option(1, "int", low=0, help="torch CPU threads per encode job (one per job scales best; 0: torch's default)"),
     "verify": Option(True, "bool", help="decode the written bitstream (compiled decoder) and check it gives the encoder's image"),
     "progress": Option(True, "bool", help="show a progress bar"),
+    # A machine-task term in the per-image loss (ulbc.overfit.taskterm); the decoder is unchanged.
+    "task_model": Option("none", "choice", choices=("none", *TASK_CLASSIFIERS),
+                         help="ImageNet classifier of a task term λ_m·D(x̂, x) in the loss (none: MSE and rate only)"),
+    "task_weights": Option("", "str", help="weights entry of the task classifier (empty: its ImageNet weights)"),
+    "task_lambda": Option(1e-3, "float", low=0, low_open=True, help="λ_m, the task term's weight against the MSE"),
+    "task_distance": Option("kl", "choice", choices=("kl", "features"),
+                            help="D: KL of the class probabilities, or the relative squared distance of the features"),
 }
 
 
@@ -111,6 +123,21 @@ class _OverfittedCodec(Codec):
     def keep_ratio(self) -> float:
         return 1.0
 
+    def task_spec(self):
+        """The task term of the loss, or None."""
+        if self.options["task_model"] == "none":
+            return None
+        from ..overfit.taskterm import TaskSpec
+
+        o = self.options
+        return TaskSpec(o["task_model"], o["task_weights"], o["task_distance"], float(o["task_lambda"]))
+
+    def weight_names(self, rate: float) -> list[str]:
+        model = self.options["task_model"]
+        if model == "none":
+            return []
+        return [self.options["task_weights"] or TASK_CLASSIFIER_WEIGHTS[model]]
+
     def train_config(self):
         from ..overfit.training import TrainConfig
 
@@ -139,15 +166,26 @@ class _OverfittedCodec(Codec):
         height, width = images[0].shape[:2]
         dev = torch.device(device)
         target = torch.from_numpy(np.stack(images)).to(dev, torch.float32) / 255.0
+        spec = self.task_spec()
+        task = spec.build(dev) if spec is not None else None
         start, cpu_start = time.perf_counter(), time.process_time()
         trained = train(lambda s: OverfittedModel(arch, height, width, s, keep), target, list(seeds), rate,
                         self.train_config(), dev, progress=bool(self.options["progress"]),
-                        description=f"{self.name} λ={rate:g}")
+                        description=f"{self.name} λ={rate:g}", task=task)
         model = trained.model
         t_quant, cpu_quant = time.perf_counter(), time.process_time()
         quant = search_network_steps(model, target, rate)
         groups = model.quant_groups()
         mse_float, bits_float = evaluate_hard(model, target)
+        task_info = None
+        if task is not None:
+            with torch.no_grad():
+                image, _ = model(model.quantized_latents("hard"))
+                distance = task.distance_to(image.clamp(0, 1), task.reference(target))
+            from .. import weights
+
+            task_info = [dict(spec.info(), weights_sha256=weights.file_sha256(self.weight_names(rate)[0]),
+                              float_distance=float(d)) for d in distance]
         masks = [m.detach().cpu().numpy().astype(bool) for m in model.synthesis.masks()] if arch.kind == "lottery" else None
         t_write = time.perf_counter()
         results = []
@@ -173,6 +211,7 @@ class _OverfittedCodec(Codec):
                 "estimated_latent_bits": float(bits_float[b]),
                 "estimated_nn_bits": quant.nn_bits[b],
                 "step_exponents": {g: e[b] for g, e in quant.exponents.items()},
+                **({"task": task_info[b]} if task_info is not None else {}),
             }, recon))
         write_s = (time.perf_counter() - t_write) / model.batch
         cpu_s = (time.process_time() - cpu_start) / model.batch

@@ -105,6 +105,8 @@ def compute_metrics(metrics: Iterable[Metric], reference: np.ndarray, reconstruc
 from . import fidelity  # noqa: E402,F401  (psnr, ms-ssim and their Y / YUV variants)
 from . import flip, perceptual  # noqa: E402,F401
 from . import fid  # noqa: E402,F401  (fid, kid: patch features, per rate point)
+from . import classification  # noqa: E402,F401  (ImageNet classifier agreement, per item)
+from . import detection  # noqa: E402,F401  (COCO mAP against the reference's detections, per rate point)
 
 __all__ = ["METRICS", "Column", "Metric", "build_metrics", "compute_metrics", "item_columns", "metric_class",
            "register_metric"]

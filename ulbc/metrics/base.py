@@ -8,14 +8,17 @@ it needs and whether it runs on the GPU. Two kinds exist:
 * ``level = "item"``: :meth:`Metric.compute` maps one (reference, reconstruction) pair of 8-bit RGB
   images to its declared columns; the values land in the per-item result rows, and summaries take
   the mean over the ok items of a rate point.
-* ``level = "dataset"``: distribution metrics such as FID and KID. :meth:`Metric.features` maps an
-  item to feature arrays, which evaluate jobs store per shard; :meth:`Metric.from_features` turns
-  the features of all the ok items of one (dataset, method, rate point) into its values. They are
-  never a mean of per-item values.
+* ``level = "dataset"``: distribution metrics such as FID and KID, and detection mAP.
+  :meth:`Metric.item_features` maps an item to named arrays ("sides"), which evaluate jobs store per
+  shard; :meth:`Metric.from_features` turns the features of all the ok items of one (dataset,
+  method, rate point), a :class:`FeatureSet`, into its values. They are never a mean of per-item
+  values. The sides of one item may differ in length (detections on the reference and on the
+  reconstruction) unless the metric declares ``paired_features`` (one row per patch pair).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -75,6 +78,105 @@ def check_options(owner: str, specs: dict[str, Option], options: dict[str, Any])
     return {**{key: spec.default for key, spec in specs.items()}, **checked}
 
 
+#: The array types a feature side is stored in (no objects, no pickles); other numbers are widened.
+FEATURE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64), np.dtype(np.uint8))
+
+
+def feature_array(values: Any, what: str) -> np.ndarray:
+    """``values`` as a contiguous array of one of :data:`FEATURE_DTYPES`, at least 1-D: bool becomes
+    uint8, other integers int64, float16 float32; anything else is an InputError naming ``what``."""
+    array = np.asarray(values)
+    kind = array.dtype
+    if kind == np.bool_:
+        array = array.astype(np.uint8)
+    elif kind == np.float16:
+        array = array.astype(np.float32)
+    elif kind.kind in "iu" and kind != np.uint8:
+        array = array.astype(np.int64)
+    if array.dtype not in FEATURE_DTYPES:
+        raise InputError(f"{what}: features of dtype {kind} cannot be stored "
+                         f"(one of {', '.join(map(str, FEATURE_DTYPES))})")
+    if array.ndim == 0:
+        raise InputError(f"{what}: a feature side must have one row per entry, got a scalar")
+    return np.ascontiguousarray(array)
+
+
+class FeatureSet(Mapping):
+    """The features of a sequence of items: a mapping side -> array whose first axis holds the rows
+    of every item, in item order, and the number of rows each item has in each side.
+
+    A metric that only needs the pooled rows (FID) reads it as a plain mapping; one that needs each
+    item's own rows and name (detection mAP matches an item to its annotated image) uses
+    :attr:`items` and :meth:`rows`. Construction checks the counts against the arrays."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], items: Iterable[str],
+                 counts: Mapping[str, Iterable[int]], what: str = "features") -> None:
+        self.items: tuple[str, ...] = tuple(items)
+        self._arrays = {side: feature_array(values, f"{what}: side {side!r}") for side, values in arrays.items()}
+        if set(counts) != set(self._arrays):
+            raise InputError(f"{what}: row counts for sides {sorted(counts)}, arrays for {sorted(self._arrays)}")
+        self._offsets: dict[str, np.ndarray] = {}
+        for side, array in self._arrays.items():
+            per_item = np.asarray(list(counts[side]))
+            if per_item.size and (per_item.dtype.kind not in "iu" or per_item.min() < 0):
+                raise InputError(f"{what}: side {side!r} has row counts that are not non-negative integers")
+            if len(per_item) != len(self.items):
+                raise InputError(f"{what}: side {side!r} has {len(per_item)} row counts for {len(self.items)} items")
+            total = int(per_item.sum()) if per_item.size else 0
+            if total != array.shape[0]:
+                raise InputError(f"{what}: side {side!r} holds {array.shape[0]} rows, its items list {total}")
+            self._offsets[side] = np.concatenate([[0], np.cumsum(per_item, dtype=np.int64)]).astype(np.int64)
+
+    @classmethod
+    def from_items(cls, entries: Iterable[tuple[str, Mapping[str, Any]]], what: str = "features") -> "FeatureSet":
+        """The set of ``(item, {side: array})`` entries, concatenated per side. Every entry has the
+        same sides, and a side keeps one dtype and one row shape over all the items."""
+        entries = [(item, {side: feature_array(values, f"{what}: item {item!r}, side {side!r}")
+                           for side, values in sides.items()}) for item, sides in entries]
+        if not entries:
+            return cls({}, (), {}, what)
+        names = sorted(entries[0][1])
+        for item, sides in entries:
+            if sorted(sides) != names:
+                raise InputError(f"{what}: item {item!r} has sides {sorted(sides)}, the first item {names}")
+        arrays = {}
+        for side in names:
+            parts = [sides[side] for _, sides in entries]
+            layouts = {(p.dtype.str, p.shape[1:]) for p in parts}
+            if len(layouts) > 1:
+                raise InputError(f"{what}: side {side!r} changes dtype or row shape between items "
+                                 f"({', '.join(sorted(f'{d} {s}' for d, s in layouts))})")
+            arrays[side] = np.concatenate(parts)
+        counts = {side: [len(sides[side]) for _, sides in entries] for side in names}
+        return cls(arrays, [item for item, _ in entries], counts, what)
+
+    def __getitem__(self, side: str) -> np.ndarray:
+        return self._arrays[side]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def counts(self, side: str) -> np.ndarray:
+        """Rows of ``side`` per item (int64)."""
+        return np.diff(self._offsets[side])
+
+    def rows(self, side: str, index: int) -> np.ndarray:
+        """The rows of ``side`` that belong to item number ``index``."""
+        start, stop = self._offsets[side][index], self._offsets[side][index + 1]
+        return self._arrays[side][start:stop]
+
+
+def as_feature_set(features: Mapping[str, Any]) -> FeatureSet:
+    """``features`` as a :class:`FeatureSet`: a plain mapping (what :meth:`Metric.features` returns
+    for one item) becomes a set of one unnamed item."""
+    if isinstance(features, FeatureSet):
+        return features
+    return FeatureSet.from_items([("", features)])
+
+
 class Metric:
     """Base class of every metric; subclasses set the class attributes and implement
     :meth:`compute` (item metrics) or :meth:`features` and :meth:`from_features` (dataset metrics)."""
@@ -118,15 +220,27 @@ class Metric:
         raise NotImplementedError(f"metric {self.name!r} is measured per dataset, not per item")
 
     # -- dataset metrics ---------------------------------------------------------------------------
+    #: Dataset metrics: every side of an item has the same number of rows (FID's patch pairs); the
+    #: collector refuses an item whose sides differ. Detections differ per side and set it False.
+    paired_features: ClassVar[bool] = True
+
     def features_key(self) -> str:
         """Metrics whose features_key is equal share one feature computation per item (FID and KID
         on the same Inception patches)."""
         return self.name
 
     def features(self, reference: np.ndarray, reconstruction: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays of one item, by side name; each has one row per entry along its first axis."""
         raise NotImplementedError(f"metric {self.name!r} is measured per item")
 
-    def from_features(self, features: dict[str, np.ndarray]) -> dict[str, Any]:
+    def item_features(self, item: str, reference: np.ndarray, reconstruction: np.ndarray) -> dict[str, np.ndarray]:
+        """What evaluate jobs store for the item ``item`` (its manifest key): :meth:`features`,
+        unless the metric needs the item's identity (to check it against annotations early)."""
+        return self.features(reference, reconstruction)
+
+    def from_features(self, features: FeatureSet) -> dict[str, Any]:
+        """The values from the features of every ok item of a rate point: a :class:`FeatureSet`
+        (a mapping side -> pooled rows, which also knows each item's name and rows)."""
         raise NotImplementedError(f"metric {self.name!r} is measured per item")
 
     # -- summaries -----------------------------------------------------------------------------------

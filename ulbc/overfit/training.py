@@ -74,8 +74,11 @@ def candidate_seed(seed: int, candidate: int) -> int:
 
 class _Trainer:
     def __init__(self, model: OverfittedModel, target: torch.Tensor, lmbda: float, cfg: TrainConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, task=None) -> None:
         self.model, self.target, self.lmbda, self.cfg, self.device = model, target, lmbda, cfg, device
+        # The machine-task term (ulbc.overfit.taskterm.TaskTerm) and its outputs on the originals.
+        self.task = task
+        self.task_reference = task.reference(target) if task is not None else None
         self.generators = [torch.Generator(device=device).manual_seed(s ^ 0x1234567) for s in model.seeds]
         params = dict(model.named_parameters())
         self.latent_names = [n for n in params if n.startswith("latents.")]
@@ -95,7 +98,20 @@ class _Trainer:
         return torch.optim.Adam(groups, lr=lr)
 
     def rd_loss(self, image: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-        return mse_per_model(image, self.target) + self.lmbda * bits / self.model.n_pixels
+        loss = mse_per_model(image, self.target) + self.lmbda * bits / self.model.n_pixels
+        if self.task is not None:
+            loss = loss + self.task(image, self.task_reference)
+        return loss
+
+    @torch.no_grad()
+    def hard_loss(self) -> torch.Tensor:
+        """The true cost per model: latents rounded as the decoder sees them, image clamped."""
+        mse, bits = evaluate_hard(self.model, self.target)
+        loss = mse + self.lmbda * bits / self.model.n_pixels
+        if self.task is not None:
+            image, _ = self.model(self.model.quantized_latents("hard"))
+            loss = loss + self.task(image.clamp(0, 1), self.task_reference)
+        return loss
 
     def step(self, opt: torch.optim.Optimizer, mode: str, t: float, sigma: float) -> None:
         latents = self.model.quantized_latents(mode, t, sigma, self.generators)
@@ -134,8 +150,7 @@ class _Trainer:
 
     @torch.no_grad()
     def validate(self) -> torch.Tensor:
-        mse, bits = evaluate_hard(self.model, self.target)
-        loss = (mse + self.lmbda * bits / self.model.n_pixels).double().cpu()
+        loss = self.hard_loss().double().cpu()
         loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
         better = loss < self.best_loss
         if bool(better.any()):
@@ -175,10 +190,12 @@ class _Trainer:
 
 
 def train(model_factory, target: torch.Tensor, seeds: list[int], lmbda: float, cfg: TrainConfig,
-          device: torch.device, progress: bool = False, description: str = "train") -> TrainResult:
+          device: torch.device, progress: bool = False, description: str = "train", task=None) -> TrainResult:
     """Fit one model per image of ``target`` (B, H, W, 3) in [0, 1].
 
-    ``model_factory(seeds)`` builds an :class:`OverfittedModel` with one model per seed.
+    ``model_factory(seeds)`` builds an :class:`OverfittedModel` with one model per seed. ``task``
+    (a :class:`ulbc.overfit.taskterm.TaskTerm`) adds its machine-task term to every cost, the
+    warm-up's choice and the best-parameter tracking included.
     """
     start = time.perf_counter()
     warm, main, final = cfg.phases()
@@ -190,7 +207,7 @@ def train(model_factory, target: torch.Tensor, seeds: list[int], lmbda: float, c
     if warm > 0:
         cand_seeds = [candidate_seed(s, c) for s in seeds for c in range(cfg.candidates)]
         candidates = model_factory(cand_seeds).to(device)
-        trainer = _Trainer(candidates, target.repeat_interleave(cfg.candidates, 0), lmbda, cfg, device)
+        trainer = _Trainer(candidates, target.repeat_interleave(cfg.candidates, 0), lmbda, cfg, device, task)
         t0, s0 = cfg.temperature[0], cfg.sigma[0]
         trainer.run_phase(warm, "softround+noise", cfg.lr, cfg.lr, (t0, t0), (s0, s0), bar)
         loss = trainer.validate().reshape(batch, cfg.candidates)
@@ -199,7 +216,7 @@ def train(model_factory, target: torch.Tensor, seeds: list[int], lmbda: float, c
         model = candidates.select(keep)
     else:
         model = model_factory([candidate_seed(s, 0) for s in seeds]).to(device)
-    trainer = _Trainer(model, target, lmbda, cfg, device)
+    trainer = _Trainer(model, target, lmbda, cfg, device, task)
     trainer.run_phase(main, "softround+noise", cfg.lr, cfg.min_lr, cfg.temperature, cfg.sigma, bar)
     trainer.load_best()
     trainer.run_phase(final, "hard", cfg.final_lr, cfg.final_lr * 0.01, (1.0, 1.0), (0.0, 0.0), bar,
