@@ -56,6 +56,10 @@ QUICK_OPTIONS = {
 COMPRESSAI_CODECS = {name: name for name in ("bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean",
                                              "mbt2018", "cheng2020-anchor", "cheng2020-attn")}
 COMPRESSAI_CODECS["compressai"] = "bmshj2018-factorized-relu"
+#: The <base>+adapter codecs -> their architecture.
+ADAPTER_CODECS = {f"{arch}+adapter": arch for arch in ("bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean",
+                                                       "mbt2018", "cheng2020-anchor", "cheng2020-attn")}
+COMPRESSAI_CODECS.update(ADAPTER_CODECS)
 _STANDIN_FOLDER: list[Path] = []
 
 
@@ -78,6 +82,10 @@ def quick_options(name: str) -> dict:
     low, high = (int(v) for v in CODECS[name].rate_range)
     qualities = range(low, min(high, 8) + 1)
     pattern, _ = write_compressai_standins(_STANDIN_FOLDER[0], architecture, qualities)
+    if name in ADAPTER_CODECS:
+        from standin_weights import write_adapter_standins
+
+        return {"checkpoint": pattern, "adapter": write_adapter_standins(_STANDIN_FOLDER[0], architecture, qualities)}
     return {"checkpoint": pattern, **({"arch": architecture} if name == "compressai" else {})}
 
 

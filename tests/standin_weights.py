@@ -112,3 +112,32 @@ def write_compressai_standins(folder: Path, architecture: str, qualities) -> tup
                         "description": f"random-initialised stand-in for CompressAI {architecture}: zoo layout, "
                                        f"{COMPRESSAI_STANDIN_CHANNELS} channels, meaningless values"})
     return str(folder / f"{architecture}-q{{quality}}.pth.tar"), entries
+
+
+def write_adapter_standins(folder: Path, architecture: str, qualities, *, width: int = 8,
+                           perturb: bool = True) -> str:
+    """Dynamic adapters (width ``width``) in ``ulbc train adapter``'s checkpoint layout, one per
+    quality, each recording the sha256 of the stand-in codec of that quality (made here too) as the
+    codec it was trained for; ``perturb``: random output layers, so that x̄ differs from x̂. Returns
+    the codec's ``adapter:`` pattern ``{folder}/adapter-{architecture}-q{quality}.pt``."""
+    import torch
+
+    from ulbc.adapter import network
+
+    _, entries = write_compressai_standins(folder, architecture, qualities)
+    for quality, entry in zip(qualities, entries):
+        path = folder / f"adapter-{architecture}-q{quality}.pt"
+        if path.is_file():
+            continue
+        torch.manual_seed(100 + quality)
+        adapter = network.DynamicAdapter(3, width)
+        if perturb:
+            with torch.no_grad():
+                adapter.tail.weight.normal_(0, 0.02)
+        header = network.make_header(adapter={"channels": 3, "width": width},
+                                     base={"architecture": architecture, "quality": quality,
+                                           "weights": entry["name"], "sha256": entry["sha256"]},
+                                     task={"architecture": "stand-in"}, training={"finetune_codec": False},
+                                     steps_done=0)
+        network.save_checkpoint(path, network.checkpoint_content(header, adapter))
+    return str(folder / f"adapter-{architecture}-q{{quality}}.pt")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ulbc import cli, weights
-from ulbc.errors import ConfigError, InputError
+from ulbc.errors import BitstreamError, ConfigError, InputError
 
 from standin_weights import write_compressai_standins
 from test_weights import isolate_weights
@@ -366,3 +366,170 @@ def test_bad_inputs_are_one_line_errors(tmp_path, coco, capsys, weight_files):
     assert "neither a file nor a registered weights name" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="no CompressAI λ is known for quality 9"):
         train.default_lambda_h(9)
+
+
+# -- <base>+adapter: one file, two decodes ------------------------------------------------------------------
+ADAPTED = f"{BASE}+adapter"
+
+
+def _adapter_for_codec(tmp_path: Path, quality: int = 1, **header_changes) -> Path:
+    """An adapter trained (here: made) for the registered stand-in codec, random output layer."""
+    from standin_weights import write_adapter_standins
+
+    folder = tmp_path / "adapters"
+    pattern = write_adapter_standins(folder, BASE, [quality])
+    path = Path(pattern.replace("{quality}", str(quality)))
+    if header_changes:
+        content = torch.load(path, weights_only=True)
+        header = json.loads(content["header"])
+        for key, value in header_changes.items():
+            header[key] = {**header.get(key, {}), **value}
+        content["header"] = json.dumps(header)
+        path = folder / "changed.pt"
+        torch.save(content, path)
+    return path
+
+
+def test_one_file_decodes_for_viewing_and_through_the_adapter(tmp_path, photo, capsys):
+    from PIL import Image
+
+    from ulbc.codecs import decode_bitstream_data, get_codec
+
+    adapter = _adapter_for_codec(tmp_path)
+    image = np.ascontiguousarray(photo[:64, :80])
+    source = tmp_path / "x.png"
+    Image.fromarray(image).save(source)
+    out = tmp_path / "x.ulb"
+    options = json.dumps({"checkpoint": BASE_WEIGHTS, "adapter": str(adapter)})
+    assert cli.main(["encode", str(source), str(out), "--codec", ADAPTED, "--rate", "1", "--options", options]) == 0
+    data = out.read_bytes()
+    plain = get_codec(BASE, checkpoint=BASE_WEIGHTS).encode(image, 1)
+    # The base codec's strings, and its parameters behind the adapter block.
+    from ulbc import bitstream
+
+    mine, theirs = bitstream.parse(data), bitstream.parse(plain)
+    assert mine.payload == theirs.payload and mine.params.endswith(theirs.params)
+    capsys.readouterr()
+    assert cli.main(["decode", str(out), str(tmp_path / "human.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["target"] == "human"
+    assert cli.main(["decode", str(out), str(tmp_path / "machine.png"), "--for", "machine"]) == 0
+    human = np.asarray(Image.open(tmp_path / "human.png"))
+    machine = np.asarray(Image.open(tmp_path / "machine.png"))
+    assert np.array_equal(human, decode_bitstream_data(plain, device="cpu", name="plain")[2])
+    assert np.array_equal(machine, network.apply_adapter(adapter, human)) and not np.array_equal(machine, human)
+    # A codec without a machine decode says so in one line.
+    jpeg = tmp_path / "x-jpeg.ulb"
+    jpeg.write_bytes(get_codec("jpeg").encode(image, 50))
+    assert cli.main(["decode", str(jpeg), str(tmp_path / "j.png"), "--for", "machine"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "jpeg has no decode for machines" in err and str(jpeg) in err
+
+
+def test_the_adapter_must_be_the_one_trained_for_the_codec(tmp_path, photo):
+    from ulbc.codecs import decode_bitstream_data, get_codec
+
+    image = np.ascontiguousarray(photo[:64, :64])
+    other_quality = _adapter_for_codec(tmp_path, base={"quality": 2})
+    with pytest.raises(ConfigError, match=r"was trained for mbt2018-mean quality 2, not mbt2018-mean quality 1"):
+        get_codec(ADAPTED, checkpoint=BASE_WEIGHTS, adapter=str(other_quality)).check_resources(1)
+    other_weights = _adapter_for_codec(tmp_path, base={"sha256": "0" * 64})
+    with pytest.raises(ConfigError, match="was trained on codec weights of sha256 0000"):
+        get_codec(ADAPTED, checkpoint=BASE_WEIGHTS, adapter=str(other_weights)).encode(image, 1)
+    finetuned = _adapter_for_codec(tmp_path, training={"finetune_codec": True})
+    with pytest.raises(ConfigError, match="fine-tuned: set checkpoint: to the same file"):
+        get_codec(ADAPTED, checkpoint=BASE_WEIGHTS, adapter=str(finetuned)).encode(image, 1)
+    with pytest.raises(ConfigError, match="needs adapter:"):
+        get_codec(ADAPTED, checkpoint=BASE_WEIGHTS).check_resources(1)
+    with pytest.raises(ConfigError, match="neither a file nor a registered weights name"):
+        get_codec(ADAPTED, checkpoint=BASE_WEIGHTS, adapter=str(tmp_path / "absent.pt")).check_resources(1)
+
+    # A file whose adapter changed (or went) after encoding: viewing still works, the machine decode refuses.
+    adapter = _adapter_for_codec(tmp_path)
+    data = get_codec(ADAPTED, checkpoint=BASE_WEIGHTS, adapter=str(adapter)).encode(image, 1)
+    saved = adapter.read_bytes()
+    content = torch.load(adapter, weights_only=True)
+    content["adapter"]["tail.bias"] += 0.5
+    torch.save(content, adapter)
+    decode_bitstream_data(data, device="cpu", name="x.ulb")
+    with pytest.raises(BitstreamError, match=r"x.ulb: made with adapter .* of sha256 [0-9a-f]{16}\.\.\., but"):
+        decode_bitstream_data(data, device="cpu", name="x.ulb", target="machine")
+    adapter.unlink()
+    with pytest.raises(BitstreamError, match="which is not on this machine"):
+        decode_bitstream_data(data, device="cpu", name="x.ulb", target="machine")
+    adapter.write_bytes(saved)
+    decode_bitstream_data(data, device="cpu", name="x.ulb", target="machine")
+
+
+def test_damaged_adapter_blocks_fail_in_one_line(tmp_path, photo):
+    """Every byte of the adapter block flipped (CRC recomputed): both decodes give an image or a
+    one-line BitstreamError."""
+    from ulbc import bitstream
+    from ulbc.codecs import decode_bitstream_data, get_codec
+
+    adapter = _adapter_for_codec(tmp_path)
+    data = get_codec(ADAPTED, checkpoint=BASE_WEIGHTS, adapter=str(adapter)).encode(
+        np.ascontiguousarray(photo[:32, :32]), 1)
+    container = bitstream.parse(data)
+    block = 2 + 1 + len(str(adapter).encode()) + 8
+    refused = 0
+    for index in range(block + 2):
+        for flip in (0x01, 0x80):
+            params = bytearray(container.params)
+            params[index] ^= flip
+            damaged = bitstream.Container(container.codec_id, 32, 32, bytes(params), container.payload).to_bytes()
+            for target in ("human", "machine"):
+                try:
+                    _, _, image, _ = decode_bitstream_data(damaged, device="cpu", name="d.ulb", target=target)
+                    assert image.shape == (32, 32, 3)
+                except BitstreamError as exc:
+                    assert "\n" not in str(exc) and str(exc).startswith("d.ulb: ")
+                    refused += 1
+    assert refused > 2 * block
+
+
+@pytest.mark.slow
+def test_a_study_of_a_trained_adapter_has_machine_rows(tmp_path, coco):
+    """`ulbc train adapter` (a random Mask R-CNN, a few steps), then a study of the base codec and of
+    <base>+adapter with that adapter: human rows for both, machine rows for the adapter, detection
+    mAP for each of the three, from the same files."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from test_workflow import snakemake
+
+    adapter = tmp_path / "adapter.pt"
+    assert run_train(coco, adapter, steps=3) == 0
+    images, _ = coco
+    detection = {"weights": TASK_WEIGHTS, "min_size": 64, "max_size": 96, "detections_per_image": 10,
+                 "score_threshold": 0.0, "gt_score": 0.0}
+    config = {
+        "study": "hm", "items_per_job": 2,
+        "datasets": {"coco": {"source": "local", "path": str(images)}},
+        "methods": {"plain": {"codec": BASE, "rates": [1], "options": {"checkpoint": BASE_WEIGHTS}},
+                    "adapted": {"codec": ADAPTED, "rates": [1],
+                                "options": {"checkpoint": BASE_WEIGHTS, "adapter": str(adapter)}}},
+        "anchor": "plain", "metrics": ["psnr", "detection"], "metric_options": {"detection": detection},
+        "paths": {"results": str(tmp_path / "results"), "datasets": str(tmp_path / "resources")},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    snakemake(tmp_path, path, "--cores", "2")
+    out = tmp_path / "results" / "hm"
+    rows = pq.read_table(out / "metrics.parquet").to_pandas()
+    assert (rows["status"] == "ok").all()
+    assert rows.groupby(["method", "target"]).size().to_dict() == {
+        ("adapted", "human"): 4, ("adapted@machine", "machine"): 4, ("plain", "human"): 4}
+    human = rows[rows["method"] == "adapted"].set_index("item")
+    machine = rows[rows["method"] == "adapted@machine"].set_index("item")
+    plain = rows[rows["method"] == "plain"].set_index("item")
+    assert (machine["bytes"] == human["bytes"]).all() and (human["bytes"] > plain["bytes"]).all()  # one file each
+    assert (human["psnr_rgb"] == plain["psnr_rgb"]).all()  # viewing: the base codec's decode
+    assert (machine["psnr_rgb"] != human["psnr_rgb"]).any()  # the machine decode is the adapter's
+    dataset = pq.read_table(out / "dataset_metrics.parquet").to_pandas()
+    assert sorted(dataset["method"]) == ["adapted", "adapted@machine", "plain"]
+    assert dataset["n_items"].tolist() == [4, 4, 4]
+    summary = pd.read_csv(out / "summary.csv")
+    assert "adapted@machine" in set(summary["method"]) and "map_bbox" in summary.columns
+    table1 = pd.read_csv(out / "task_bdrate.csv").set_index("method")
+    assert table1["task_rows"].to_dict() == {"plain": "plain", "adapted": "adapted@machine"}
+    assert {"bd_rate_map_bbox", "bd_map_bbox", "bd_rate_map_segm", "bd_map_segm", "bd_rate_psnr_rgb"} <= set(table1)

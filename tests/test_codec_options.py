@@ -4,6 +4,7 @@ integer rate knobs."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import ClassVar
@@ -128,7 +129,7 @@ def test_integer_rate_knobs_refuse_fractions(name):
     whole = float(int(lo) + 1)
     if cls.integer_rates:
         assert codec.check_rate(whole) == whole  # 12.0 is a whole number
-        with pytest.raises(ConfigError, match=f"^codec '{name}': {cls.rate_param} must be a whole number, got"):
+        with pytest.raises(ConfigError, match=f"^codec '{re.escape(name)}': {cls.rate_param} must be a whole number, got"):
             codec.check_rate(whole + 0.5)
         assert all(float(r).is_integer() for r in cls.default_rates)
     else:
@@ -142,7 +143,9 @@ def test_integer_rate_knobs_are_the_expected_ones():
     integer = {name for name, cls in CODECS.items() if cls.integer_rates}
     assert integer == {"jpeg", "webp", "avif", "hevc-intra", "av1-intra", "x264", "x265", "av1", "nerv",
                        "supermask-nerv", "bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean", "mbt2018",
-                       "cheng2020-anchor", "cheng2020-attn", "compressai"}
+                       "cheng2020-anchor", "cheng2020-attn", "compressai",
+                       *(f"{arch}+adapter" for arch in ("bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean",
+                                                        "mbt2018", "cheng2020-anchor", "cheng2020-attn"))}
 
 
 def test_torch_free_copies_of_model_constants_agree():

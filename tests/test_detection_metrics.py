@@ -413,7 +413,7 @@ def rewrite(path, change):
 
 
 def first_count(meta):
-    return next(iter(meta["items"][0][1].values()))
+    return next(iter(meta["parts"][0]["items"][0][1].values()))
 
 
 @pytest.mark.parametrize("label, change, message", [
@@ -422,13 +422,13 @@ def first_count(meta):
     ("negative", lambda m, a: first_count(m).update(size=-1), "malformed row counts"),
     ("text", lambda m, a: first_count(m).update(size="1"), "malformed row counts"),
     ("side-missing", lambda m, a: first_count(m).pop("reference"), "malformed row counts"),
-    ("array-missing", lambda m, a: a.pop("f0_reference_rle"), "features .*/reference_rle are listed but not stored"),
-    ("array-short", lambda m, a: a.update(f0_reference=a["f0_reference"][:-1]),
+    ("array-missing", lambda m, a: a.pop("p0_f0_reference_rle"), "features .*/reference_rle are listed but not stored"),
+    ("array-short", lambda m, a: a.update(p0_f0_reference=a["p0_f0_reference"][:-1]),
      r"side 'reference' holds \d+ rows, its items list \d+"),
-    ("rle-lengths", lambda m, a: a["f0_reference"].__setitem__((0, 6), a["f0_reference"][0, 6] + 1),
+    ("rle-lengths", lambda m, a: a["p0_f0_reference"].__setitem__((0, 6), a["p0_f0_reference"][0, 6] + 1),
      "mask lengths sum to"),
-    ("items", lambda m, a: m.update(items={"a": 1}), "malformed items list"),
-    ("old-format", lambda m, a: m.update(format="ulbc-features-1"), "older ulbc, not ulbc-features-2; rerun"),
+    ("items", lambda m, a: m["parts"][0].update(items={"a": 1}), "malformed items list"),
+    ("old-format", lambda m, a: m.update(format="ulbc-features-1"), "older ulbc, not ulbc-features-3; rerun"),
 ])
 def test_damaged_features_files_are_one_line_errors(coco_file, tmp_path, label, change, message):
     detections = fake_detections(coco_file)
@@ -443,7 +443,7 @@ def test_damaged_features_files_are_one_line_errors(coco_file, tmp_path, label, 
     assert "\n" not in str(err.value)
     if label != "rle-lengths":  # found while decoding the masks, named by item
         assert str(path) in str(err.value)
-    assert FORMAT == "ulbc-features-2"
+    assert FORMAT == "ulbc-features-3"
 
 
 # -- a random Mask R-CNN end to end --------------------------------------------------------------------------
@@ -487,16 +487,16 @@ def test_random_maskrcnn_end_to_end(random_maskrcnn, photo, coco_file, tmp_path)
     assert pseudo.info()["weights"] == {random_maskrcnn: weights.file_sha256(random_maskrcnn)}
     same = write_shard(tmp_path / "same.npz", pseudo, [("i0", photo, photo.copy())], rate_label="lossless")
     found = np.load(same)
-    assert found["f0_reconstruction"].shape == (10, len(ROW_FIELDS))
-    assert np.array_equal(found["f0_reconstruction"], found["f0_reference"])
-    assert found["f0_size"].tolist() == [[HEIGHT, WIDTH]]
+    assert found["p0_f0_reconstruction"].shape == (10, len(ROW_FIELDS))
+    assert np.array_equal(found["p0_f0_reconstruction"], found["p0_f0_reference"])
+    assert found["p0_f0_size"].tolist() == [[HEIGHT, WIDTH]]
     lossy = write_shard(tmp_path / "noisy.npz", pseudo, [("i0", photo, noisy(photo, 0))], rate_label="noisy")
     annotated = METRICS["detection"](annotations=str(coco_file), **small)
     labelled = write_shard(tmp_path / "coco.npz", annotated,
                            [("val/a", photo, noisy(photo, 5)), ("val/b", photo, photo)], rate_label="coco")
     with np.load(labelled) as data:
-        assert "f0_reference" not in data.files  # annotations: the detector does not run on the reference
-        assert [item for item, _ in json.loads(data["meta"].tobytes().decode())["items"]] == ["val/a", "val/b"]
+        assert "p0_f0_reference" not in data.files  # annotations: the detector does not run on the reference
+        assert [item for item, _ in json.loads(data["meta"].tobytes().decode())["parts"][0]["items"]] == ["val/a", "val/b"]
     with pytest.raises(InputError, match="has no image with file name 'zebra'"):
         annotated.item_features("val/zebra", photo, photo)
     assert dataset_metric_table([same, lossy, labelled], tmp_path / "d.parquet") == 3

@@ -326,3 +326,28 @@ def test_summary_counts_clips_not_their_frames():
     summary = summarize(frame(rows))
     assert len(summary) == 1 and summary.loc[0, "n_items"] == 1
     assert summary.loc[0, "psnr_rgb"] == pytest.approx(30.0) and summary.loc[0, "bpp"] == pytest.approx(0.2)
+
+
+def test_task_table_takes_task_columns_from_the_machine_rows_and_psnr_from_the_human_ones():
+    from ulbc.rd import task_table
+
+    bd = pd.DataFrame([
+        {"dataset": "coco", "method": "hevc", "anchor": "hevc", "bd_rate_map_bbox": 0.0, "bd_map_bbox": 0.0,
+         "bd_rate_psnr_rgb": 0.0, "bd_rate_lpips_alex": 0.0, "note": ""},
+        {"dataset": "coco", "method": "cheng", "anchor": "hevc", "bd_rate_map_bbox": -30.0, "bd_map_bbox": 1.5,
+         "bd_rate_psnr_rgb": -20.0, "bd_rate_lpips_alex": -5.0, "note": ""},
+        {"dataset": "coco", "method": "cheng+a", "anchor": "hevc", "bd_rate_map_bbox": -31.0, "bd_map_bbox": 1.6,
+         "bd_rate_psnr_rgb": -19.0, "bd_rate_lpips_alex": -4.0, "note": "a human note"},
+        {"dataset": "coco", "method": "cheng+a@machine", "anchor": "hevc", "bd_rate_map_bbox": -37.0,
+         "bd_map_bbox": 2.5, "bd_rate_psnr_rgb": 40.0, "bd_rate_lpips_alex": 9.0, "note": "few points"},
+    ])
+    table = task_table(bd).set_index("method")
+    assert list(table.index) == ["hevc", "cheng", "cheng+a"]  # machine rows join their method's row
+    assert list(table.columns) == ["dataset", "anchor", "task_rows", "bd_rate_map_bbox", "bd_map_bbox",
+                                   "bd_rate_psnr_rgb", "note"]  # lpips is no task metric: not in Table 1
+    assert table.loc["cheng+a", "task_rows"] == "cheng+a@machine"
+    assert table.loc["cheng+a", "bd_rate_map_bbox"] == -37.0 and table.loc["cheng+a", "bd_map_bbox"] == 2.5
+    assert table.loc["cheng+a", "bd_rate_psnr_rgb"] == -19.0  # PSNR of the decode for viewing
+    assert table.loc["cheng+a", "note"] == "a human note; cheng+a@machine: few points"
+    assert table.loc["cheng", "task_rows"] == "cheng" and table.loc["cheng", "bd_rate_map_bbox"] == -30.0
+    assert task_table(bd.drop(columns=["bd_rate_map_bbox", "bd_map_bbox"])).empty  # no task metric measured

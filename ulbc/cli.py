@@ -110,11 +110,11 @@ def cmd_decode(args) -> None:
     if data is None:
         raise UlbcError(f"{args.input}: no such file")
     start = time.perf_counter()
-    codec, _, image, _ = decode_bitstream_data(data, device=args.device, name=str(args.input))
+    codec, _, image, _ = decode_bitstream_data(data, device=args.device, name=str(args.input), target=args.target)
     elapsed = time.perf_counter() - start
     _save_decoded(image, args.output)
     torch = sys.modules.get("torch")  # loaded by the codecs that decode with it
-    print(json.dumps({"output": str(args.output), "codec": codec.name, "width": image.shape[-2],
+    print(json.dumps({"output": str(args.output), "codec": codec.name, "target": args.target, "width": image.shape[-2],
                       "height": image.shape[-3], **({"frames": image.shape[0]} if image.ndim == 4 else {}),
                       "decode_s": round(elapsed, 4),
                       **({"torch_threads": torch.get_num_threads()} if torch is not None else {})}))
@@ -385,7 +385,7 @@ def cmd_decode_shard(args) -> None:
     from .runner import decode_shard, decode_workers
 
     n = decode_shard(args.pack, args.out_decoded, args.out_log, device=args.device, on_error=args.on_error,
-                     progress=not args.quiet, workers=decode_workers(args.threads))
+                     progress=not args.quiet, workers=decode_workers(args.threads), out_machine=args.out_machine)
     print(f"decoded {n} items -> {args.out_decoded}", file=sys.stderr)
 
 
@@ -395,7 +395,7 @@ def cmd_metrics_shard(args) -> None:
     n = metrics_shard(args.manifest, args.shard, args.items_per_job, _spec(args), args.encode_log, args.decode_log,
                       args.decoded, args.out, metrics=args.metric or ("psnr", "ms-ssim"),
                       metric_options=args.metric_options, features_out=args.features_out, device=args.device,
-                      config_hash=args.config_hash, progress=not args.quiet)
+                      config_hash=args.config_hash, progress=not args.quiet, decoded_machine=args.decoded_machine)
     print(f"measured {n} items -> {args.out}", file=sys.stderr)
 
 
@@ -616,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--device", default="auto")
+    p.add_argument("--for", dest="target", choices=("human", "machine"), default="human",
+                   help="who the image is for: viewing (default), or a vision model (the <base>+adapter codecs "
+                        "pass the decode through the adapter their file names)")
     _add_threads_arg(p)
     p.set_defaults(func=cmd_decode)
 
@@ -715,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", required=True)
     p.add_argument("--out-decoded", required=True)
     p.add_argument("--out-log", required=True)
+    p.add_argument("--out-machine", help="also write the machine decodes (codecs that have one) to this pack")
     p.add_argument("--device", default="auto")
     p.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="fail")
     p.add_argument("--quiet", action="store_true")
@@ -727,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encode-log", required=True)
     p.add_argument("--decode-log", required=True)
     p.add_argument("--decoded", required=True)
+    p.add_argument("--decoded-machine", help="the machine decodes (decode-shard --out-machine): adds the "
+                   "<method>@machine rows")
     p.add_argument("--out", required=True)
     _add_metric_args(p)
     p.add_argument("--config-hash", default="")

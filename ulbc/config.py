@@ -100,6 +100,9 @@ def plan_methods(config: dict) -> dict[str, MethodPlan]:
     defaults = config.get("resources", {})
     plans: dict[str, MethodPlan] = {}
     for name, entry in config["methods"].items():
+        if "@" in name:
+            raise ConfigError(f"methods.{name}: method names cannot contain '@' (the rows of a machine decode are "
+                              f"named <method>@machine)")
         codec_name = entry.get("codec", name)
         try:
             cls = codec_class(codec_name)

@@ -7,12 +7,13 @@ features of its ok items in one ``.npz`` file (no pickles; metadata as a JSON ar
 point) into one :class:`~ulbc.metrics.base.FeatureSet` and computes each metric once over the
 whole set.
 
-File layout (``ulbc-features-2``): per features key (metrics sharing one computation) and side one
-array ``f<key index>_<side>`` holding the rows of every item in item order, of one of the
-:data:`~ulbc.metrics.base.FEATURE_DTYPES`; the metadata lists the items in that order with their
-rows per key and side (``[item, {key: {side: rows}}]``), which are checked against the arrays
-before any is used. The sides of one item may differ in length (detections on the reference and
-on the reconstruction).
+File layout (``ulbc-features-3``): one part per rate point the shard measured (one, or two for a
+codec with a machine decode: ``<method>`` and ``<method>@machine``). Per part, features key
+(metrics sharing one computation) and side, one array ``p<part>_f<key index>_<side>`` holds the
+rows of every item in item order, of one of the :data:`~ulbc.metrics.base.FEATURE_DTYPES`; the
+part's metadata gives its rate point and lists the items in that order with their rows per key and
+side (``[item, {key: {side: rows}}]``), which are checked against the arrays before any is used.
+The sides of one item may differ in length (detections on the reference and on the reconstruction).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from .metrics import METRICS, Metric, build_metrics
 from .metrics.base import FeatureSet, MetricUndefined, check_values
 from .schema import DATASET_METRIC_SCHEMA, RATE_POINT_KEYS
 
-FORMAT = "ulbc-features-2"
+FORMAT = "ulbc-features-3"
 #: Earlier layouts, named in the error that asks for a rerun.
-_OLD_FORMATS = ("ulbc-features-1",)
+_OLD_FORMATS = ("ulbc-features-1", "ulbc-features-2")
 _META = "meta"
 
 
@@ -64,19 +65,29 @@ class FeatureCollector:
             counts[key] = rows
         self.items.append([item, counts])
 
-    def write(self, path: str | os.PathLike, meta: dict[str, Any]) -> None:
-        arrays: dict[str, np.ndarray] = {}
+    def part(self, index: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """This collector as part ``index`` of a file: its arrays added to ``arrays``, its record returned."""
         sides: dict[str, list[str]] = {}
-        for index, (key, entries) in enumerate(self.entries.items()):
+        for key_index, (key, entries) in enumerate(self.entries.items()):
             joined = FeatureSet.from_items(entries, what=f"metric {self.extractors[key].name!r}")
             sides[key] = sorted(joined)
             for side in sides[key]:
-                arrays[f"f{index}_{side}"] = joined[side]
-        record = dict(meta, format=FORMAT, keys=list(self.entries), sides=sides, items=self.items)
-        arrays[_META] = np.frombuffer(json.dumps(record, sort_keys=True).encode(), dtype=np.uint8)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+                arrays[f"p{index}_f{key_index}_{side}"] = joined[side]
+        return dict(meta, keys=list(self.entries), sides=sides, items=self.items)
+
+    def write(self, path: str | os.PathLike, meta: dict[str, Any]) -> None:
+        write_features(path, [(self, meta)])
+
+
+def write_features(path: str | os.PathLike, parts: list[tuple[FeatureCollector, dict[str, Any]]]) -> None:
+    """One features file holding each (collector, rate-point record) as a part, atomically."""
+    arrays: dict[str, np.ndarray] = {}
+    records = [collector.part(index, meta, arrays) for index, (collector, meta) in enumerate(parts)]
+    arrays[_META] = np.frombuffer(json.dumps({"format": FORMAT, "parts": records}, sort_keys=True).encode(),
+                                  dtype=np.uint8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
 
 def _check_layout(path: str, meta: dict) -> None:
@@ -104,7 +115,8 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read_meta(path: str) -> dict:
+def _read_parts(path: str) -> list[dict]:
+    """The checked part records of a features file, each with its array ``prefix``."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if _META not in data.files:
@@ -116,12 +128,20 @@ def _read_meta(path: str) -> dict:
         raise InputError(f"{path}: a {meta['format']} features file of an older ulbc, not {FORMAT}; rerun its shard")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path}: not a {FORMAT} features file")
-    try:
-        meta["metric_info"] = json.loads(meta["metric_info"])  # the rows' JSON text
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{path}: features file without a readable metric_info record") from None
-    _check_layout(path, meta)
-    return meta
+    parts = meta.get("parts")
+    if not (isinstance(parts, list) and parts and all(isinstance(part, dict) for part in parts)):
+        raise InputError(f"{path}: features file with a malformed parts list")
+    for index, part in enumerate(parts):
+        missing = [key for key in (*RATE_POINT_KEYS, "code_digest") if key not in part]
+        if missing:
+            raise InputError(f"{path}: features part {index} has no {missing[0]}")
+        try:
+            part["metric_info"] = json.loads(part["metric_info"])  # the rows' JSON text
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path}: features file without a readable metric_info record") from None
+        _check_layout(path, part)
+        part["prefix"] = f"p{index}_"
+    return parts
 
 
 def _read_features(path: str, meta: dict, key: str) -> FeatureSet:
@@ -134,7 +154,7 @@ def _read_features(path: str, meta: dict, key: str) -> FeatureSet:
     try:
         with np.load(path, allow_pickle=False) as data:
             for side in meta["sides"][key]:
-                name = f"f{index}_{side}"
+                name = f"{meta['prefix']}f{index}_{side}"
                 if name not in data.files:
                     raise InputError(f"{path}: features {key}/{side} are listed but not stored")
                 arrays[side] = data[name]
@@ -183,8 +203,8 @@ def dataset_metric_table(feature_paths: Iterable[str | os.PathLike], out_path: s
     estimated (too few patches) is NaN with the reason in ``note``. Returns the number of rows."""
     groups: dict[tuple, list[tuple[str, dict]]] = defaultdict(list)
     for path in map(os.fspath, feature_paths):
-        meta = _read_meta(path)
-        groups[tuple(meta[key] for key in RATE_POINT_KEYS)].append((path, meta))
+        for meta in _read_parts(path):
+            groups[tuple(meta[key] for key in RATE_POINT_KEYS)].append((path, meta))
     rows = []
     for point, files in sorted(groups.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
         digests = sorted({meta["code_digest"] for _, meta in files})

@@ -19,18 +19,38 @@ from .fsutil import atomic_path
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 
 
+class PackWriter:
+    """A pack being written: entries are added one by one and the file appears, whole, when the
+    ``with`` block ends without an error (nothing appears otherwise)."""
+
+    def __init__(self, dest: str | os.PathLike) -> None:
+        self.dest = dest
+        self.count = 0
+
+    def __enter__(self) -> "PackWriter":
+        self._atomic = atomic_path(self.dest)
+        tmp = self._atomic.__enter__()
+        self._zip = zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        return self
+
+    def add(self, name: str, data: bytes) -> None:
+        info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        self._zip.writestr(info, data)
+        self.count += 1
+
+    def __exit__(self, *exc) -> bool | None:
+        self._zip.close()
+        return self._atomic.__exit__(*exc)
+
+
 def write_pack(dest: str | os.PathLike, entries: Iterable[tuple[str, bytes]]) -> int:
     """Write ``(name, data)`` entries into ``dest`` atomically; returns the number of entries."""
-    count = 0
-    with atomic_path(dest) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, data in entries:
-                info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
-                info.compress_type = zipfile.ZIP_STORED
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, data)
-                count += 1
-    return count
+    with PackWriter(dest) as pack:
+        for name, data in entries:
+            pack.add(name, data)
+    return pack.count
 
 
 class PackReader:

@@ -26,7 +26,7 @@ import pandas as pd
 from .errors import ConfigError, InputError
 from .fsutil import atomic_path
 from .metrics import METRICS, all_columns, read_metric_info
-from .schema import RD_LEVELS
+from .schema import RD_LEVELS, target_method
 
 GROUP_KEYS = ["dataset", "method", "codec", "rate_label", "rate_value"]
 #: Summary columns before the metric columns, and after them.
@@ -671,6 +671,43 @@ def metric_definitions(frame: pd.DataFrame, dataset_table: pd.DataFrame | None =
                                        "settings"])
 
 
+#: The fidelity column the task table puts next to the task columns (the paper's Kodak BD-rate).
+TASK_TABLE_FIDELITY = "psnr_rgb"
+
+
+def task_table(bd_table: pd.DataFrame) -> pd.DataFrame:
+    """The BD-rate table in the layout of Zhu et al. (ICIP 2024), Table 1: one row per (dataset,
+    method), the BD-rate and BD value of each task column (mAP, agreement) of the decode made for
+    machines (``<method>@machine`` where the method has one, else its only decode) next to the
+    BD-rate of PSNR of the decode made for viewing. ``task_rows`` names the rows the task columns
+    come from. Columns come from the metric registry (``Metric.task``) and from what was measured."""
+    task_columns = [column.name for cls in METRICS.values() if cls.task for column in cls.columns if column.rd
+                    and f"bd_rate_{column.name}" in bd_table.columns]
+    fidelity = [TASK_TABLE_FIDELITY] if f"bd_rate_{TASK_TABLE_FIDELITY}" in bd_table.columns else []
+    columns = (["dataset", "method", "anchor", "task_rows"]
+               + [f"{prefix}{c}" for c in task_columns for prefix in ("bd_rate_", "bd_")]
+               + [f"bd_rate_{c}" for c in fidelity] + ["note"])
+    if bd_table.empty or not task_columns:
+        return pd.DataFrame([], columns=columns)
+    by_key = {(row["dataset"], row["method"]): row for _, row in bd_table.iterrows()}
+    machine_suffix = target_method("", "machine")
+    rows = []
+    for (dataset, method), human in by_key.items():
+        if method.endswith(machine_suffix):
+            continue
+        machine = by_key.get((dataset, target_method(method, "machine")))
+        task = machine if machine is not None else human
+        row = {"dataset": dataset, "method": method, "anchor": human["anchor"], "task_rows": task["method"]}
+        row.update({f"{prefix}{c}": task[f"{prefix}{c}"] for c in task_columns for prefix in ("bd_rate_", "bd_")})
+        row.update({f"bd_rate_{c}": human[f"bd_rate_{c}"] for c in fidelity})
+        notes = [human["note"]] if isinstance(human["note"], str) and human["note"] else []
+        if machine is not None and isinstance(machine["note"], str) and machine["note"]:
+            notes.append(f"{task['method']}: {machine['note']}")
+        row["note"] = "; ".join(notes)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
 def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str, interpolation: str = "akima",
                   dataset_table: pd.DataFrame | None = None, notice: str | None = None,
                   external: pd.DataFrame | None = None):
@@ -696,6 +733,10 @@ def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str
     table = bd_rate_table(frame, anchor, interpolation=interpolation, dataset_table=dataset_table, external=external)
     write_table(table, out / "bdrate.csv", notice=notice)
     write_table(table, out / "bdrate.html", notice=text)
+    tasks = task_table(table)
+    write_table(tasks, out / "task_bdrate.csv", notice=notice)
+    write_table(tasks, out / "task_bdrate.html", notice="; ".join(
+        [text, "task columns from the machine decode (task_rows), PSNR from the decode for viewing"]))
     write_table(metric_definitions(frame, dataset_table), out / "metric_definitions.html")
     plots = out / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ nothing that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -29,17 +30,17 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from . import __version__, bitstream
-from .codecs import codec_for_id, decode_bitstream_data, get_codec  # noqa: F401 (decode_bitstream_data re-exported)
+from .codecs import adapt_container, codec_for_id, decode_bitstream_data, get_codec  # noqa: F401 (decode_bitstream_data re-exported)
 from .errors import InputError, UlbcError
-from .features import FeatureCollector
+from .features import FeatureCollector, write_features
 from .fsutil import atomic_path
 from .imageio import decode_png_bytes, encode_png, load_rgb
 from .manifest import clip_hash, read_manifest, shard_rows
 from .metrics import Metric, build_metrics, compute_metrics, item_columns
-from .pack import PackReader, bitstream_entry, decoded_entry, decoded_frame_entry, write_pack
+from .pack import PackReader, PackWriter, bitstream_entry, decoded_entry, decoded_frame_entry, write_pack
 from .provenance import (canonical_json, code_digest, derive_seed, describe_device, encode_digest, git_commit,
                          library_versions, resolve_device)
-from .schema import BITSTREAM_STAT_COLUMNS, METRIC_ROW_SCHEMA
+from .schema import BITSTREAM_STAT_COLUMNS, METRIC_ROW_SCHEMA, target_method
 
 #: Encode-log metadata key holding the encode digest (provenance.encode_digest) the shard was encoded under.
 ENCODE_DIGEST_KEY = "encode_digest"
@@ -67,6 +68,9 @@ DECODE_LOG_SCHEMA = pa.schema(
         ("device", pa.string()),
     ]
     + [(name, pa.float64()) for name in BITSTREAM_STAT_COLUMNS]
+    # The machine decode (codecs with targets "machine"): seconds of the adapter after the decode,
+    # and why it failed ("" when it did not, or the codec has none).
+    + [("adapt_s", pa.float64()), ("machine_error", pa.string())]
 )
 
 
@@ -337,20 +341,43 @@ def decode_shard(
     on_error: str = "fail",
     progress: bool = True,
     workers: int = 1,
+    out_machine: str | os.PathLike | None = None,
 ) -> int:
     """Decode every bitstream of a pack, reading nothing but the pack. Returns items decoded.
 
     Items whose codec has a thread-safe decoder (``Codec.threadsafe_decoder``: the overfitted
     codecs' compiled decoder) decode ``workers`` at a time in threads; results are written in pack
-    order, with at most 2 x ``workers`` decoded images held at once."""
+    order, with at most 2 x ``workers`` decoded images held at once. With ``out_machine``, the
+    machine decodes of the codecs that have one (``<base>+adapter``) go to that pack, under the same
+    entry names; its log columns ``adapt_s`` and ``machine_error`` say how each went."""
     log: list[dict] = []
 
     def decode_one(data: bytes, where: str):
         start = time.perf_counter()
         codec, container, image, dev = decode_bitstream_data(data, device=device, name=where)
-        return codec, container, image, dev, time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        adapted, adapt_s, machine_error = None, None, ""
+        if out_machine is not None and "machine" in codec.targets:
+            start = time.perf_counter()
+            try:
+                adapted = adapt_container(container, codec, image, name=where)
+                adapt_s = time.perf_counter() - start
+            except Exception as exc:  # noqa: BLE001 - the human decode stands; the machine rows say why
+                if on_error == "fail":
+                    raise
+                machine_error = _one_line(exc, f"{where}: machine decode")
+        return codec, container, image, dev, elapsed, adapted, adapt_s, machine_error
 
-    with PackReader(pack_path) as pack, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    def entries(item: str, image: np.ndarray):
+        if image.ndim == 4:  # a clip: one lossless PNG per frame
+            for index, frame in enumerate(image):
+                yield decoded_frame_entry(item, index), encode_png(frame, compress_level=1)
+        else:
+            yield decoded_entry(item), encode_png(image, compress_level=1)
+
+    with contextlib.ExitStack() as stack:
+        pack = stack.enter_context(PackReader(pack_path))
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))
         names = pack.names()
 
         def started():
@@ -374,31 +401,33 @@ def decode_shard(
                     yield window.popleft()
             yield from window
 
-        def decoded():
-            for item, data, where, outcome in _progress(in_order(), len(names), f"decode {Path(pack_path).name}", progress):
-                try:
-                    if isinstance(outcome, Exception):
-                        raise outcome
-                    codec, container, image, dev, elapsed = outcome.result() if isinstance(outcome, Future) else outcome
-                except Exception as exc:  # noqa: BLE001
-                    message = _one_line(exc, f"{where}: decoder")
-                    if on_error == "fail":
-                        raise UlbcError(message) from exc
-                    log.append(dict(item=item, status="decode_error", error=message, decode_s=math.nan,
-                                    bytes=len(data), payload_bytes=None, codec=None, device=None,
-                                    **dict.fromkeys(BITSTREAM_STAT_COLUMNS)))
-                    continue
-                stats = codec.bitstream_stats(container.params, container.payload, container.width, container.height)
-                log.append(dict(item=item, status="ok", error="", decode_s=elapsed, bytes=len(data),
-                                payload_bytes=len(container.payload), codec=codec.name, device=describe_device(dev),
-                                **{k: stats.get(k) for k in BITSTREAM_STAT_COLUMNS}))
-                if image.ndim == 4:  # a clip: one lossless PNG per frame
-                    for index, frame in enumerate(image):
-                        yield decoded_frame_entry(item, index), encode_png(frame, compress_level=1)
-                else:
-                    yield decoded_entry(item), encode_png(image, compress_level=1)
-
-        count = write_pack(out_decoded, decoded())
+        decoded_pack = stack.enter_context(PackWriter(out_decoded))
+        machine_pack = stack.enter_context(PackWriter(out_machine)) if out_machine is not None else None
+        for item, data, where, outcome in _progress(in_order(), len(names), f"decode {Path(pack_path).name}", progress):
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                codec, container, image, dev, elapsed, adapted, adapt_s, machine_error = (
+                    outcome.result() if isinstance(outcome, Future) else outcome)
+            except Exception as exc:  # noqa: BLE001
+                message = _one_line(exc, f"{where}: decoder")
+                if on_error == "fail":
+                    raise UlbcError(message) from exc
+                log.append(dict(item=item, status="decode_error", error=message, decode_s=math.nan,
+                                bytes=len(data), payload_bytes=None, codec=None, device=None,
+                                **dict.fromkeys(BITSTREAM_STAT_COLUMNS), adapt_s=None, machine_error=""))
+                continue
+            stats = codec.bitstream_stats(container.params, container.payload, container.width, container.height)
+            log.append(dict(item=item, status="ok", error="", decode_s=elapsed, bytes=len(data),
+                            payload_bytes=len(container.payload), codec=codec.name, device=describe_device(dev),
+                            **{k: stats.get(k) for k in BITSTREAM_STAT_COLUMNS}, adapt_s=adapt_s,
+                            machine_error=machine_error))
+            for entry, png in entries(item, image):
+                decoded_pack.add(entry, png)
+            if adapted is not None:
+                for entry, png in entries(item, adapted):
+                    machine_pack.add(entry, png)
+        count = decoded_pack.count
     _write_table(log, DECODE_LOG_SCHEMA, out_log)
     return count
 
@@ -453,11 +482,14 @@ def metrics_shard(
     device: str = "cpu",
     config_hash: str = "",
     progress: bool = True,
+    decoded_machine: str | os.PathLike | None = None,
 ) -> int:
     """Compare decoded images with the originals and write the shard's result rows (one Parquet).
 
     Item metrics fill the rows; dataset-level metrics (FID, KID) need ``features_out``, where the
     features of the shard's ok items are stored for :func:`ulbc.features.dataset_metric_table`.
+    ``decoded_machine`` (the machine decodes of a codec that has them) adds a ``target`` "machine"
+    row per item, method ``<method>@machine``, measured on those images.
     """
     instances = build_metrics(metrics, metric_options, device=device)
     item_metrics = [m for m in instances if m.level == "item"]
@@ -477,10 +509,12 @@ def metrics_shard(
     if encoded_by != encoder:
         raise InputError(f"{encode_log}: the shard was encoded by other code (digest {encoded_by or 'none'}, "
                          f"current {encoder}); encode it again")
+    machine = decoded_machine is not None and "machine" in codec.targets
     common = dict(
         dataset=dataset,
         method=spec.method,
         codec=spec.codec,
+        target="human",
         rate_label=label,
         rate_param=codec.rate_param,
         rate_value=float(spec.rate),
@@ -496,9 +530,14 @@ def metrics_shard(
     empty_metrics = dict.fromkeys(c.name for c in item_columns())
     empty_metrics.update({c.name: math.nan for m in item_metrics for c in m.columns})
     collector = FeatureCollector(distribution_metrics) if distribution_metrics else None
+    machine_collector = FeatureCollector(distribution_metrics) if distribution_metrics and machine else None
+    machine_method = target_method(spec.method, "machine")
     video_codec = codec.media == "video"
     out: list[dict] = []
-    with PackReader(decoded_pack) as pack:
+    machine_rows: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        pack = stack.enter_context(PackReader(decoded_pack))
+        machine_pack = stack.enter_context(PackReader(decoded_machine)) if machine else None
         for row in _progress(rows.itertuples(index=False), len(rows), f"metrics {spec.method} {label}", progress):
             e = enc.get(row.item)
             if e is None:
@@ -545,9 +584,24 @@ def metrics_shard(
                             collector.add(row.item, original, decoded)
             out.append(record)
             out.extend(frame_records)
+            if machine:
+                machine_record = dict(record, method=machine_method, target="machine", **empty_metrics)
+                if record["status"] == "ok" and d["machine_error"]:
+                    machine_record.update(status="decode_error", error=d["machine_error"])
+                elif record["status"] == "ok":
+                    adapted = decode_png_bytes(machine_pack.read(entry), f"{decoded_machine}:{row.item}")
+                    machine_record.update(compute_metrics(item_metrics, original, adapted),
+                                          decode_s=d["decode_s"] + d["adapt_s"])
+                    if machine_collector is not None:
+                        machine_collector.add(row.item, original, adapted)
+                machine_rows.append(machine_record)
+    out.extend(machine_rows)
     if collector is not None:
-        collector.write(features_out, {key: common[key] for key in ("dataset", "method", "codec", "rate_label",
-                                                                     "rate_value", "code_digest", "metric_info")})
+        keys = ("dataset", "method", "codec", "rate_label", "rate_value", "code_digest", "metric_info")
+        parts = [(collector, {key: common[key] for key in keys})]
+        if machine_collector is not None:
+            parts.append((machine_collector, dict(parts[0][1], method=machine_method)))
+        write_features(features_out, parts)
     _write_table(out, METRIC_ROW_SCHEMA, out_path, metadata={"ulbc_version": __version__, "git_commit": git_commit(),
                                                              "config_hash": config_hash})
     return len(out)
@@ -577,8 +631,10 @@ def evaluate_shard(
     ``scratch`` is given) that is removed afterwards. Returns the number of rows written."""
     with tempfile.TemporaryDirectory(prefix="ulbc-evaluate-", dir=scratch) as tmp:
         decoded, decode_log = Path(tmp) / "decoded.zip", Path(tmp) / "decode.parquet"
+        # A codec with a machine decode: both decodes of each file, and rows for both.
+        machine = Path(tmp) / "decoded-machine.zip" if "machine" in spec.build().targets else None
         decode_shard(pack_path, decoded, decode_log, device=device, on_error=on_error, progress=progress,
-                     workers=workers)
+                     workers=workers, out_machine=machine)
         return metrics_shard(manifest_path, shard, items_per_job, spec, encode_log, decode_log, decoded, out_path,
                              metrics=metrics, metric_options=metric_options, features_out=features_out,
-                             device=device, config_hash=config_hash, progress=progress)
+                             device=device, config_hash=config_hash, progress=progress, decoded_machine=machine)

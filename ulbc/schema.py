@@ -12,6 +12,11 @@ Video datasets add two kinds of rows, told apart by ``level``: ``frame`` rows (o
 frames' metrics). Image codecs code each frame on its own, so their frame rows carry real bytes and
 the clip row sums them; a video codec's bits exist only per clip, so its frame rows have null bytes
 and NaN bpp. Summaries and BD-rates use ``image`` and ``clip`` rows only.
+
+Codecs that decode one file twice (``<base>+adapter``: for viewing, and through a network that
+adapts the image for a vision model) add ``target`` "machine" rows next to the "human" ones: same
+file, same bytes, metrics of the machine decode, method ``<method>@machine`` (:func:`target_method`),
+so every summary, curve and BD-rate table shows them as a method of their own.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ METRIC_ROW_SCHEMA = pa.schema(
         pa.field("item", pa.string()),
         pa.field("method", pa.string()),
         pa.field("codec", pa.string()),
+        pa.field("target", pa.string()),  # human | machine: who the decode was for (TARGETS)
         pa.field("rate_label", pa.string()),
         pa.field("rate_param", pa.string()),
         pa.field("rate_value", pa.float64()),
@@ -75,6 +81,14 @@ METRIC_ROW_SCHEMA = pa.schema(
 )
 
 LEVELS = ("image", "frame", "clip")
+#: Who a decode is for: viewing, or a vision model (Codec.targets).
+TARGETS = ("human", "machine")
+
+
+def target_method(method: str, target: str) -> str:
+    """The method name of a target's rows: ``method`` for humans, ``method@machine`` for machines."""
+    return method if target == "human" else f"{method}@{target}"
+
 #: Rows that are whole coded items: what rate-distortion summaries are made of.
 RD_LEVELS = ("image", "clip")
 

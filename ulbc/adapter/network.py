@@ -214,7 +214,7 @@ def apply_adapter(adapter: str | os.PathLike | LoadedAdapter, image: np.ndarray,
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != channels:
         raise InputError(f"adapter {loaded.path}: expected an (H, W, {channels}) uint8 image, got "
                          f"{image.dtype} {tuple(image.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255)
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(255)
     with torch.no_grad(), torch_threads(threads):
         y = loaded.network(x)
     pixels = (y[0] * 255).clamp(0, 255).round().to(torch.uint8)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import bitstream
 from ..errors import BitstreamError, ConfigError
-from .base import Codec, decode_container, format_rate
+from .base import Codec, adapt_container, decode_container, format_rate
 
 CODECS: dict[str, type[Codec]] = {}
 _BY_ID: dict[int, type[Codec]] = {}
@@ -64,15 +64,22 @@ def decode_bitstream(data: bytes, *, device: str = "cpu", name: str = "<bitstrea
     return codec, decode_container(container, codec, device=device, name=name)
 
 
-def decode_bitstream_data(data: bytes, *, device: str, name: str):
+def decode_bitstream_data(data: bytes, *, device: str, name: str, target: str = "human"):
     """Parse, pick the codec from the header, decode on the device its decoder uses. Returns
-    (codec, container, image, device)."""
+    (codec, container, image, device); ``target`` "machine": the image adapted for a vision model
+    (codecs whose ``targets`` include it), checked to be possible before anything is decoded."""
     from ..provenance import resolve_device
 
     container = bitstream.parse(data, name)
     codec = codec_for_id(container.codec_id, name)
+    if target not in codec.targets:
+        raise BitstreamError(f"{name}: {codec.name} has no decode for {target}s (it decodes for "
+                             f"{', '.join(t + 's' for t in codec.targets)})")
     dev = resolve_device(device, codec.uses_gpu and codec.gpu_decoder)
-    return codec, container, decode_container(container, codec, device=dev, name=name), dev
+    image = decode_container(container, codec, device=dev, name=name)
+    if target == "machine":
+        image = adapt_container(container, codec, image, name=name)
+    return codec, container, image, dev
 
 
 def read_and_decode(path: str | os.PathLike, *, device: str = "cpu") -> tuple[Codec, np.ndarray]:
@@ -88,6 +95,7 @@ from . import overfitted  # noqa: E402,F401
 from . import video_ffmpeg  # noqa: E402,F401
 from . import nerv  # noqa: E402,F401
 from . import compressai_zoo  # noqa: E402,F401
+from . import compressai_adapter  # noqa: E402,F401
 
 __all__ = [
     "CODECS",

@@ -194,6 +194,9 @@ class Codec(ABC):
     threadsafe_decoder: ClassVar[bool] = False
     #: "image" now; "video" for clip codecs.
     media: ClassVar[str] = "image"
+    #: Who each decode is for: "human" (viewing) always; "machine" where the file also names a
+    #: network that adapts the decoded image for a vision model (:meth:`adapt_payload`).
+    targets: ClassVar[tuple[str, ...]] = ("human",)
     #: Smallest (width, height) the codec accepts.
     min_size: ClassVar[tuple[int, int]] = (1, 1)
     #: Floors on the per-job resources (MB, minutes) that the codec needs at its default settings; a
@@ -287,6 +290,10 @@ class Codec(ABC):
         """Encode same-size images together; the default encodes them one by one."""
         return [PayloadResult(*self.encode_payload(img, rate, device=device, seed=s)) for img, s in zip(images, seeds)]
 
+    def adapt_payload(self, params: bytes, payload: bytes, image: np.ndarray) -> np.ndarray:
+        """The machine decode from the human one (codecs whose ``targets`` include "machine")."""
+        raise BitstreamError(f"{self.name} has no decode for machines (only the <base>+adapter codecs do)")
+
     def bitstream_stats(self, params: bytes, payload: bytes, width: int, height: int) -> dict[str, float]:
         """Facts read from a bitstream (rate split, decoder MAC/pixel); empty when the codec has none."""
         return {}
@@ -351,6 +358,24 @@ def decode_container(container: bitstream.Container, codec: Codec, *, device: st
             f"{name}: {codec.name} decoded {image.dtype} {image.shape}, header says {expected}"
         )
     return image
+
+
+def adapt_container(container: bitstream.Container, codec: Codec, image: np.ndarray, *,
+                    name: str = "<bitstream>") -> np.ndarray:
+    """The machine decode of a file from its human decode ``image``, checked like the decode."""
+    if "machine" not in codec.targets:
+        raise BitstreamError(f"{name}: {codec.name} has no decode for machines (only the <base>+adapter codecs do)")
+    try:
+        adapted = codec.adapt_payload(container.params, container.payload, image)
+    except (BitstreamError, InputError) as exc:
+        raise BitstreamError(f"{name}: {exc}") from None
+    except DECODER_FAILURES as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BitstreamError(f"{name}: {codec.name} machine decode failed ({first})") from None
+    if adapted.shape != image.shape or adapted.dtype != np.uint8:
+        raise BitstreamError(f"{name}: {codec.name}'s adapter gave {adapted.dtype} {adapted.shape}, "
+                             f"expected {image.shape}")
+    return adapted
 
 
 def torch_and_constriction_missing() -> str | None:

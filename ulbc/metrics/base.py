@@ -191,6 +191,9 @@ class Metric:
     derived: ClassVar[tuple[Column, ...]] = ()
     option_specs: ClassVar[dict[str, Option]] = {}
     uses_gpu: ClassVar[bool] = False
+    #: How well a vision model works on the decoded image (classification, detection), rather than
+    #: how it looks: the task BD-rate table (:func:`ulbc.rd.task_table`) reports its RD columns.
+    task: ClassVar[bool] = False
 
     def __init__(self, device: str = "cpu", **options: Any) -> None:
         self.options = check_options(f"metric {self.name!r}", self.option_specs, options)

@@ -43,6 +43,7 @@ TOP_K = 5
 @register_metric
 class Classification(Metric):
     name = "classification"
+    task = True
     description = ("ImageNet classifier agreement with the reference (top-1, top-5, KL of the softmax); a proxy "
                    "machine task, not COCO mAP")
     level = "item"

@@ -217,6 +217,7 @@ def predicts_masks(architecture: str) -> bool:
 @register_metric
 class Detection(Metric):
     name = "detection"
+    task = True
     description = ("COCO mAP (box and mask, percent) of a torchvision detector on the reconstructions, against "
                    "COCO annotations or the detections on the references, per rate point")
     level = "dataset"

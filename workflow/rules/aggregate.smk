@@ -70,6 +70,13 @@ rule analyse:
             category="Tables",
             labels={"table": "BD-rate"},
         ),
+        task_bdrate=f"{RESULTS}/task_bdrate.csv",
+        task_bdrate_html=report(
+            f"{RESULTS}/task_bdrate.html",
+            caption="../report/task_bdrate.rst",
+            category="Tables",
+            labels={"table": "task BD-rate (ICIP 2024 Table 1 layout)"},
+        ),
         metric_definitions=report(
             f"{RESULTS}/metric_definitions.html",
             caption="../report/metric_definitions.rst",
