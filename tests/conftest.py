@@ -63,21 +63,38 @@ COMPRESSAI_CODECS.update(ADAPTER_CODECS)
 _STANDIN_FOLDER: list[Path] = []
 
 
-def quick_options(name: str) -> dict:
-    """Options that make codec ``name`` fast in tests: small budgets for the trained codecs, and
-    tiny random stand-in checkpoints (tests/standin_weights.py) for CompressAI's (no zoo weights here)."""
-    if name not in COMPRESSAI_CODECS:
-        return dict(QUICK_OPTIONS.get(name, {}))
-    import tempfile
+#: Learned codecs that run random stand-in weights in tests (no RD order between their rate points).
+STANDIN_CODECS = (*COMPRESSAI_CODECS, "glc")
 
-    from standin_weights import write_compressai_standins
-    from ulbc.codecs import CODECS
+
+def _standin_folder() -> Path:
+    import tempfile
 
     if not _STANDIN_FOLDER:
         import atexit
 
-        _STANDIN_FOLDER.append(Path(tempfile.mkdtemp(prefix="ulbc-compressai-standins-")))
+        _STANDIN_FOLDER.append(Path(tempfile.mkdtemp(prefix="ulbc-standins-")))
         atexit.register(shutil.rmtree, _STANDIN_FOLDER[0], True)
+    return _STANDIN_FOLDER[0]
+
+
+def quick_options(name: str) -> dict:
+    """Options that make codec ``name`` fast in tests: small budgets for the trained codecs, and
+    tiny random stand-in checkpoints (tests/standin_weights.py) for the learned ones (no zoo or
+    GLC weights here)."""
+    if name == "glc":
+        from standin_weights import write_glc_standin
+
+        path = _standin_folder() / "glc-tiny-standin.pth"
+        if not path.is_file():
+            write_glc_standin(path)
+        return {"config": "glc-tiny", "checkpoint": str(path)}
+    if name not in COMPRESSAI_CODECS:
+        return dict(QUICK_OPTIONS.get(name, {}))
+    from standin_weights import write_compressai_standins
+    from ulbc.codecs import CODECS
+
+    _standin_folder()
     architecture = COMPRESSAI_CODECS[name]
     low, high = (int(v) for v in CODECS[name].rate_range)
     qualities = range(low, min(high, 8) + 1)

@@ -141,3 +141,23 @@ def write_adapter_standins(folder: Path, architecture: str, qualities, *, width:
                                      steps_done=0)
         network.save_checkpoint(path, network.checkpoint_content(header, adapter))
     return str(folder / f"adapter-{architecture}-q{{quality}}.pt")
+
+
+def write_glc_standin(path: Path, *, seed: int = 0, config: str = "glc-tiny") -> Path:
+    """A random GLC checkpoint in the release layout (``{"state_dict": ...}``), its four rate points
+    made distinct: ``q_enc`` scales y up with the rate index and ``q_dec`` back down, so a higher
+    index codes more bits, as in the trained model."""
+    import torch
+
+    from ulbc.glc.config import get_config
+    from ulbc.glc.model import GLCImage
+
+    torch.manual_seed(seed)
+    model = GLCImage(get_config(config))
+    with torch.no_grad():
+        for rate in range(model.cfg.n_rates):
+            model.q_enc[rate].fill_(0.5 * 2.0**rate)
+            model.q_dec[rate].fill_(1.0 / (0.5 * 2.0**rate))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path

@@ -143,7 +143,7 @@ def test_integer_rate_knobs_are_the_expected_ones():
     integer = {name for name, cls in CODECS.items() if cls.integer_rates}
     assert integer == {"jpeg", "webp", "avif", "hevc-intra", "av1-intra", "x264", "x265", "av1", "nerv",
                        "supermask-nerv", "bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean", "mbt2018",
-                       "cheng2020-anchor", "cheng2020-attn", "compressai",
+                       "cheng2020-anchor", "cheng2020-attn", "compressai", "glc",
                        *(f"{arch}+adapter" for arch in ("bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean",
                                                         "mbt2018", "cheng2020-anchor", "cheng2020-attn"))}
 

@@ -13,7 +13,7 @@ from ulbc.codecs import CODECS, get_codec
 from ulbc.codecs import decode_bitstream as _decode_bitstream
 from ulbc.errors import BitstreamError, ConfigError, InputError
 
-from conftest import COMPRESSAI_CODECS, quick_options
+from conftest import STANDIN_CODECS, quick_options
 
 NAMES = sorted(CODECS)
 
@@ -44,8 +44,9 @@ def test_registry_ids_unique_and_grids_sane():
     assert len(ids) == len(set(ids))
     assert {"jpeg", "webp", "avif", "jpeg2000", "jpegxl", "hevc-intra", "av1-intra"} <= set(CODECS)
     for cls in CODECS.values():
-        if cls.name in COMPRESSAI_CODECS:  # the zoo's quality indices, all of them (1-8 or 1-6); or one checkpoint
-            assert list(cls.default_rates) == list(range(1, len(cls.default_rates) + 1)), cls.name
+        if cls.name in STANDIN_CODECS:  # a model's rate points, all of them (zoo 1-8 or 1-6, GLC 0-3)
+            first = int(cls.rate_range[0])
+            assert list(cls.default_rates) == list(range(first, first + len(cls.default_rates))), cls.name
             continue
         assert 5 <= len(cls.default_rates) <= 7, cls.name
         lo, hi = cls.rate_range
@@ -57,7 +58,7 @@ def test_round_trip_determinism_and_monotonic_rate(name, photo):
     codec = codec_or_skip(name)
     sizes, qualities = [], []
     # CompressAI's stand-ins are random models, one per quality: the grid's ends suffice.
-    rates = sorted({codec.default_rates[0], codec.default_rates[-1]}) if name in COMPRESSAI_CODECS else codec.default_rates
+    rates = sorted({codec.default_rates[0], codec.default_rates[-1]}) if name in STANDIN_CODECS else codec.default_rates
     for rate in rates:
         data = codec.encode(photo, rate)
         assert codec.encode(photo, rate) == data, "encoder must be deterministic"
@@ -65,8 +66,8 @@ def test_round_trip_determinism_and_monotonic_rate(name, photo):
         assert used.name == name and image.shape == photo.shape and image.dtype == np.uint8
         sizes.append(len(data))
         qualities.append(psnr(photo, image))
-    if name in COMPRESSAI_CODECS:
-        # Random stand-in weights (no zoo weights here) have no rate-distortion order; the real
+    if name in STANDIN_CODECS:
+        # Random stand-in weights (no zoo or GLC weights here) have no rate-distortion order; the real
         # weights' curves are benchmarks/compressai_kodak.py's.
         return
     # The grid runs from low to high rate: sizes and quality grow (allow tiny quality noise).

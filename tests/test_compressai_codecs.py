@@ -225,7 +225,7 @@ def test_decoder_refuses_other_weights_and_names_missing_ones(image, tmp_path, m
     from ulbc import compressai_runtime
 
     compressai_runtime._models.clear()
-    with pytest.raises(BitstreamError, match=r"made with weights .*hyperprior-q1.pth.tar of sha256 [0-9a-f]{16}\.\.\., "
+    with pytest.raises(BitstreamError, match=r"made with checkpoint .*hyperprior-q1.pth.tar of sha256 [0-9a-f]{16}\.\.\., "
                                              r"but .* has sha256 [0-9a-f]{64}$"):
         decode_bitstream(data)
     path.unlink()

