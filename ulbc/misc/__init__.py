@@ -1,0 +1,12 @@
+"""MISC (Li et al., 2024): ultra-low-bitrate semantic compression driven by a large multimodal model.
+
+An LMM describes the image (three object names, a sentence about each, an overall description),
+a mapper marks where each object is on a coarse block grid, a learned or classical codec codes a
+very small base image, and a generative decoder restores the image from base image, text and maps.
+
+- :mod:`ulbc.misc.answer`: the LMM's five-line answer, parsed and checked;
+- :mod:`ulbc.misc.masks`: the objects' block masks, one bit per block;
+- :mod:`ulbc.misc.text`: the text's coding (raw UTF-8, zlib with a preset dictionary, brotli) and
+  its size against the paper's 8 bits per character;
+- :mod:`ulbc.misc.rate`: the paper's rate formula, for comparison with the file's.
+"""
