@@ -5,6 +5,7 @@ a mapper marks where each object is on a coarse block grid, a learned or classic
 very small base image, and a generative decoder restores the image from base image, text and maps.
 
 - :mod:`ulbc.misc.answer`: the LMM's five-line answer, parsed and checked;
+- :mod:`ulbc.misc.captioners`: who writes it (a table of answers, an OpenAI-compatible endpoint);
 - :mod:`ulbc.misc.masks`: the objects' block masks, one bit per block;
 - :mod:`ulbc.misc.text`: the text's coding (raw UTF-8, zlib with a preset dictionary, brotli) and
   its size against the paper's 8 bits per character;
