@@ -863,7 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
         "frozen (bpp + λ_q·latent MSE + β·code CE + z codebook loss); stage 3, pixel fine-tuning (bpp + "
         "λ_q·(L1 + λ_lpips·LPIPS + λ_gan·adaptive hinge GAN) + β·code CE + z codebook loss); one rate "
         "index per step, cycling")
-    q.add_argument("--stage", type=int, choices=(2, 3), required=True)
+    q.add_argument("--stage", type=int, choices=(2, 3), required=True,
+                   help="2: the latent coder, VQ-VAE frozen; 3: also the generator, with LPIPS and the GAN term")
     q.add_argument("--images", required=True, help="folder of training images (PNG, JPEG; searched recursively)")
     q.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file, {'net_g': ...} as the release "
                    "(rewritten atomically)")
@@ -895,11 +896,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage 3: weights entry of the LPIPS backbone (default: torchvision's ImageNet file of "
                         "--lpips-net); 'random' for tests")
     q.add_argument("--clip-norm", type=float, default=1.0, help="gradient norm clipping (0: none)")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    q.add_argument("--seed", type=int, default=0, help="seed of the random initial values, the image order and the crops")
     q.add_argument("--resume", action="store_true", help="continue the training in CKPT")
-    q.add_argument("--checkpoint-every", type=_positive_int, default=500, metavar="N")
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--checkpoint-every", type=_positive_int, default=500, metavar="N",
+                   help="write CKPT every N steps (and after the last)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_train_glc)
 
     p = sub.add_parser("check-config", help="validate a study config without running anything")
