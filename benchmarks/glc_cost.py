@@ -24,16 +24,16 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from decode_speed import median_time as median_seconds  # noqa: E402 - this script's folder, on sys.path
 
 
 def test_image(kodak: Path | None, height: int, width: int) -> tuple[np.ndarray, str]:
@@ -51,15 +51,6 @@ def test_image(kodak: Path | None, height: int, width: int) -> tuple[np.ndarray,
         image = np.asarray(Image.fromarray(image).resize((max(width, image.shape[1]), max(height, image.shape[0]))))
     top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
     return np.ascontiguousarray(image[top : top + height, left : left + width]), source
-
-
-def median_seconds(function, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def glc_stages(codec, image: np.ndarray, threads: int, runs: int) -> dict[str, float]:

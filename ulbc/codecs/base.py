@@ -20,6 +20,9 @@ def format_rate(value: float) -> str:
     return f"{value:g}"
 
 
+#: Images a GPU encodes together when a codec's ``batch_size`` option is ``auto``.
+AUTO_GPU_BATCH = 8
+
 #: Kinds of option value an :class:`Option` can declare.
 OPTION_KINDS = ("int", "float", "bool", "str", "choice", "ints", "floats")
 _LIST_KINDS = {"ints": "int", "floats": "float"}
@@ -282,8 +285,13 @@ class Codec(ABC):
         """Decode back to an (H, W, 3) uint8 RGB array."""
 
     def batch_size(self, device: str = "cpu") -> int:
-        """How many same-size images the encoder optimises together on ``device`` (1: one at a time)."""
-        return 1
+        """How many same-size images the encoder takes together on ``device`` (1: one at a time):
+        the codec's ``batch_size`` option where it declares one, whose ``auto`` is
+        :data:`AUTO_GPU_BATCH` on a GPU and 1 on the CPU (where one image at a time is fastest)."""
+        batch = self.options.get("batch_size", 1)
+        if batch == "auto":
+            return AUTO_GPU_BATCH if str(device).startswith("cuda") else 1
+        return int(batch)
 
     def encode_payload_batch(self, images: Sequence[np.ndarray], rate: float, *, device: str,
                              seeds: Sequence[int]) -> list[PayloadResult]:

@@ -93,12 +93,6 @@ class CompressAICodec(Codec):
     def arch(self) -> str:
         return self.architecture or self.options.get("arch", "")
 
-    def batch_size(self, device: str = "cpu") -> int:
-        batch = self.options["batch_size"]
-        if batch == "auto":
-            return 8 if str(device).startswith("cuda") else 1
-        return int(batch)
-
     # -- which weights -------------------------------------------------------------------------------
     def _reference(self, quality: int) -> str:
         return str(self.options.get("checkpoint") or "").replace(_FORMAT, str(quality))

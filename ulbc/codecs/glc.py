@@ -23,7 +23,6 @@ Payload: the packed hyper indices (their size follows from the image's), then y'
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections import OrderedDict
 from importlib import metadata
@@ -36,7 +35,7 @@ from .. import bitstream, weights
 from ..errors import BitstreamError, ConfigError
 from ..glc.config import CONFIG_IDS, CONFIGS
 from . import checkpoints, register_codec
-from .base import Codec, Option, PayloadResult
+from .base import Codec, Option, PayloadResult, torch_and_constriction_missing
 
 PARAMS_FORMAT = 1
 DEFAULT_CHECKPOINT = "glc-image"
@@ -124,18 +123,11 @@ class GLC(Codec):
 
     @classmethod
     def availability(cls) -> str | None:
-        missing = [name for name in ("torch", "constriction") if importlib.util.find_spec(name) is None]
-        return f"needs {' and '.join(missing)}" if missing else None
+        return torch_and_constriction_missing()
 
     def version(self) -> str:
         return (f"torch {metadata.version('torch')} / constriction {metadata.version('constriction')} / "
                 f"ulbc glc params {PARAMS_FORMAT}")
-
-    def batch_size(self, device: str = "cpu") -> int:
-        batch = self.options["batch_size"]
-        if batch == "auto":
-            return 8 if str(device).startswith("cuda") else 1
-        return int(batch)
 
     # -- which weights -------------------------------------------------------------------------------
     def _reference(self) -> str:

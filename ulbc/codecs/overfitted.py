@@ -109,13 +109,6 @@ class _OverfittedCodec(Codec):
 
         return f"ulbc {__version__} {self.kind} format {FORMAT_VERSION} / torch {torch.__version__}"
 
-    def batch_size(self, device: str = "cpu") -> int:
-        batch = self.options["batch_size"]
-        if batch == "auto":
-            # On a CPU one model at a time is fastest (plain GEMMs); a GPU needs many to be busy.
-            return 8 if str(device).startswith("cuda") else 1
-        return int(batch)
-
     # -- configuration -----------------------------------------------------------------------------
     def architecture(self):
         raise NotImplementedError

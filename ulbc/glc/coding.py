@@ -182,15 +182,17 @@ def encode_latent(model: GLCImage, y: torch.Tensor) -> EncodedLatent:
     scales_of: list[np.ndarray] = []
 
     def take(index, scale_indices, means, y_scaled):
-        symbols = torch.round(y_scaled - means).numpy().astype(np.int64)
-        symbols_of.append(symbols.astype(np.int32))
+        rounded = torch.round(y_scaled - means).numpy()
+        largest = float(np.abs(rounded).max()) if rounded.size else 0.0
+        if not largest <= MAX_SYMBOL_BOUND:  # checked as floats: no int32 wrap-around, NaN caught
+            raise ValueError(f"a residual of {largest:g} exceeds the coder's bound {MAX_SYMBOL_BOUND} "
+                             f"(is the model trained?)")
+        symbols_of.append(rounded.astype(np.int32))
         scales_of.append(scale_indices)
         return symbols_of[-1]
 
     passes = code_passes(model, indices, (height, width), take, y=y)
     bound = max(1, max((int(np.abs(s).max()) for s in symbols_of if s.size), default=1))
-    if bound > MAX_SYMBOL_BOUND:
-        raise ValueError(f"a residual of {bound} exceeds the coder's bound {MAX_SYMBOL_BOUND} (is the model trained?)")
     encoder = constriction.stream.queue.RangeEncoder()
     gaussians = _gaussians(bound)
     for symbols, scale_indices in zip(symbols_of, scales_of):

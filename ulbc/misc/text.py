@@ -80,9 +80,8 @@ def encode_text(text: str, method: str = "auto") -> tuple[int, bytes]:
     if len(data) > MAX_TEXT_BYTES:
         raise ConfigError(f"the text has {len(data)} bytes, at most {MAX_TEXT_BYTES}")
     if method == "auto":
-        coded = [(len(pack(data)), method_id, pack(data)) for method_id, pack, _ in METHODS.values()]
-        _, method_id, best = min(coded, key=lambda c: (c[0], c[1]))
-        return method_id, best
+        coded = [(method_id, pack(data)) for method_id, pack, _ in METHODS.values()]
+        return min(coded, key=lambda c: (len(c[1]), c[0]))
     if method not in METHODS:
         raise ConfigError(f"unknown text coding {method!r}; known: {', '.join(CHOICES)}")
     method_id, pack, _ = METHODS[method]
