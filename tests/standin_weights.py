@@ -161,3 +161,45 @@ def write_glc_standin(path: Path, *, seed: int = 0, config: str = "glc-tiny") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict()}, path)
     return path
+
+
+def _entry(path: Path, name: str, description: str) -> dict:
+    return {"name": name, "file_name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "size": path.stat().st_size, "licence": "test (random values)", "used_by": ["misc"],
+            "description": description}
+
+
+def write_diffusion_standins(folder: Path, *, seed: int = 0) -> list[dict]:
+    """Random networks of MISC's ``tiny`` diffusion configuration, one safetensors file per component
+    (diffusers' layout), and their site-registry entries under the names the configuration gives."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ulbc.misc.diffusion import COMPONENTS, CONFIGS, build
+
+    config = CONFIGS["tiny"]
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, component in enumerate(COMPONENTS):
+        torch.manual_seed(seed + index)
+        state = {key: value.contiguous() for key, value in build(config, component).state_dict().items()}
+        name = config.weights[component]
+        path = folder / f"{name}.safetensors"
+        save_file(state, str(path))
+        entries.append(_entry(path, name, f"random {component} of MISC's tiny diffusion configuration"))
+    return entries
+
+
+def write_clip_standin(folder: Path, *, seed: int = 0, name: str = "standin-clip-vit-b-16") -> dict:
+    """A random CLIP ViT in OpenAI's state-dict layout (a 64-pixel input, 16-pixel patches, width 64)
+    and its site-registry entry."""
+    import torch
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    model = CLIP(32, CLIPVisionCfg(layers=3, width=64, patch_size=16, image_size=64),
+                 CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2), quick_gelu=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.pt"
+    torch.save(model.state_dict(), path)
+    return _entry(path, name, "random CLIP ViT (3 blocks, width 64) in OpenAI's layout")

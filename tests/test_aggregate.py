@@ -35,7 +35,7 @@ def make_row(**overrides) -> dict:
         "payload_bytes": nbytes - 100,
         "bpp": 8.0 * nbytes / (width * height),
         "payload_bpp": 8.0 * (nbytes - 100) / (width * height),
-        "bpp_estimated": None,
+        "bpp_estimated": None, "bpp_paper": None,
         "mse_rgb": mse,
         "psnr_rgb": 10.0 * math.log10(255.0**2 / mse),
         "ms_ssim_rgb": 0.97,

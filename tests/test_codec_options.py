@@ -124,6 +124,8 @@ def test_every_codec_declares_every_option_and_its_defaults_pass(name):
 @pytest.mark.parametrize("name", sorted(CODECS))
 def test_integer_rate_knobs_refuse_fractions(name):
     cls = CODECS[name]
+    if name == "misc":
+        pytest.skip("misc's rate is its base codec's (tests/test_misc.py checks the delegation)")
     codec = cls.__new__(cls)  # check_rate needs no options, nor the codec's libraries
     lo, hi = cls.rate_range
     whole = float(int(lo) + 1)

@@ -26,7 +26,7 @@ def row(**overrides) -> dict:
     base = {
         "dataset": "kodak", "item": "img0", "method": "jpeg", "codec": "jpeg", "rate_label": "r0",
         "rate_param": "quality", "rate_value": 0.0, "codec_options": "{}", "width": 64, "height": 64,
-        "bytes": 100, "payload_bytes": 90, "bpp": 0.5, "payload_bpp": 0.45, "bpp_estimated": None,
+        "bytes": 100, "payload_bytes": 90, "bpp": 0.5, "payload_bpp": 0.45, "bpp_estimated": None, "bpp_paper": None,
         "mse_rgb": mse, "psnr_rgb": 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf,
         # Any increasing function of PSNR keeps the BD-rate answers exact for the MS-SSIM metric too.
         "ms_ssim_rgb": 1 - 10 ** (-psnr / 20), "encode_s": 0.02, "decode_s": 0.01, "device": "cpu",

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from .errors import ConfigError, InputError
 from .fsutil import atomic_path
-from .schema import METRIC_COLUMNS, METRIC_ROW_SCHEMA
+from .schema import ENCODER_RATE_COLUMNS, METRIC_COLUMNS, METRIC_ROW_SCHEMA
 
 ENGINES = ("dask", "pyarrow")
 SORT_KEYS = ("dataset", "method", "rate_value", "item")
@@ -194,7 +194,8 @@ def with_clip_rows(table: pa.Table) -> pa.Table:
         if not ok:
             bad = part[~part["status"].eq("ok")].iloc[0]
             row.update(status=bad["status"], error=f"frame {bad['item']}: {bad['error']}")
-        row["bpp_estimated"] = float(part["bpp_estimated"].mean()) if part["bpp_estimated"].notna().all() else None
+        for key in ENCODER_RATE_COLUMNS:
+            row[key] = float(part[key].mean()) if key in part and part[key].notna().all() else None
         row["encode_info"] = ""
         rows.append(row)
     if not rows:

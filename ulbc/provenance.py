@@ -164,7 +164,7 @@ def _digest(codec_name: str, *, skip_measuring: bool) -> str:
     from .codecs import codec_class
 
     cls = codec_class(codec_name)
-    files = _source_files((cls.__module__, *_PIPELINE_MODULES), skip_measuring=skip_measuring)
+    files = _source_files((*cls.source_modules(), *_PIPELINE_MODULES), skip_measuring=skip_measuring)
     sources = []
     for path in files:
         try:

@@ -26,13 +26,14 @@ import pandas as pd
 from .errors import ConfigError, InputError
 from .fsutil import atomic_path
 from .metrics import METRICS, all_columns, read_metric_info
-from .schema import RD_LEVELS, target_method
+from .schema import ENCODER_RATE_COLUMNS, RD_LEVELS, target_method
 
 GROUP_KEYS = ["dataset", "method", "codec", "rate_label", "rate_value"]
 #: Summary columns before the metric columns, and after them.
 COUNT_COLUMNS = ["n_items", "n_failed", "n_lossless"]
-#: bpp_estimated: the encoder's likelihood estimate, where every ok item has one (else NaN).
-RATE_COLUMNS = ["bpp", "bpp_total", "payload_bpp", "bpp_estimated"]
+#: bpp_estimated: the encoder's likelihood estimate; bpp_paper: the rate as the method's paper counts
+#: it; each where every ok item has one (else NaN).
+RATE_COLUMNS = ["bpp", "bpp_total", "payload_bpp", *ENCODER_RATE_COLUMNS]
 TIMING_COLUMNS = ["encode_s", "decode_s"]
 _ROW_COLUMNS = GROUP_KEYS + ["status", "bpp", "payload_bpp", "bytes", "width", "height", "encode_s", "decode_s"]
 
@@ -125,7 +126,7 @@ def summarize(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
         # Frames of a clip are summarised by the clip's own row, never counted as items.
         df = df[df["level"].isin(RD_LEVELS) | df["level"].isna()]
     frames = df["frames"] if "frames" in df.columns else pd.Series(1, index=df.index)
-    optional = ["bpp_estimated"] if "bpp_estimated" in df.columns else []
+    optional = [key for key in ENCODER_RATE_COLUMNS if key in df.columns]
     work = df[_ROW_COLUMNS + optional + [c.name for c in row_columns]].copy()
     work["_pixels"] = (work["width"].astype("float64") * work["height"].astype("float64")
                        * frames.fillna(1).astype("float64"))
@@ -141,8 +142,10 @@ def summarize(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
         record["bpp"] = float(ok["bpp"].mean()) if len(ok) else math.nan
         record["bpp_total"] = float(bits.sum() / ok["_pixels"].sum()) if len(ok) and bits.notna().all() else math.nan
         record["payload_bpp"] = float(ok["payload_bpp"].mean()) if len(ok) else math.nan
-        estimates = ok["bpp_estimated"].astype("float64") if optional else pd.Series(dtype="float64")
-        record["bpp_estimated"] = float(estimates.mean()) if len(ok) and optional and estimates.notna().all() else math.nan
+        for key in ENCODER_RATE_COLUMNS:
+            estimates = ok[key].astype("float64") if key in optional else None
+            record[key] = float(estimates.mean()) if len(ok) and estimates is not None and estimates.notna().all() \
+                else math.nan
         for name in item_names:
             means = {}
             for column in METRICS[name].columns:

@@ -40,7 +40,7 @@ from .metrics import Metric, build_metrics, compute_metrics, item_columns
 from .pack import PackReader, PackWriter, bitstream_entry, decoded_entry, decoded_frame_entry, write_pack
 from .provenance import (canonical_json, code_digest, derive_seed, describe_device, encode_digest, git_commit,
                          library_versions, resolve_device)
-from .schema import BITSTREAM_STAT_COLUMNS, METRIC_ROW_SCHEMA, target_method
+from .schema import BITSTREAM_STAT_COLUMNS, ENCODER_RATE_COLUMNS, METRIC_ROW_SCHEMA, target_method
 
 #: Encode-log metadata key holding the encode digest (provenance.encode_digest) the shard was encoded under.
 ENCODE_DIGEST_KEY = "encode_digest"
@@ -433,11 +433,11 @@ def decode_shard(
 
 
 def _encoder_facts(encode_info: str) -> dict[str, Any]:
-    """The row columns an encoder reports in its info: bpp_estimated and codec_weights."""
+    """The row columns an encoder reports in its info: its rate estimates (bpp_estimated,
+    bpp_paper) and codec_weights."""
     info = json.loads(encode_info) if encode_info else {}
-    estimate = info.get("bpp_estimated")
-    return dict(bpp_estimated=float(estimate) if estimate is not None else None,
-                codec_weights=canonical_json(info["weights"]) if info.get("weights") else "")
+    rates = {key: float(info[key]) if info.get(key) is not None else None for key in ENCODER_RATE_COLUMNS}
+    return dict(rates, codec_weights=canonical_json(info["weights"]) if info.get("weights") else "")
 
 
 def _clip_metrics(root: Path, row, record: dict, pack: PackReader, decoded_pack, metrics: list[Metric],
@@ -458,7 +458,8 @@ def _clip_metrics(root: Path, row, record: dict, pack: PackReader, decoded_pack,
             collector.add(row.item, original, decoded)
         keys = list(values)
         frame_rows.append(dict(record, item=f"{row.item}/{path.stem}", level="frame", frames=1, bytes=None,
-                               payload_bytes=None, bpp=math.nan, payload_bpp=math.nan, bpp_estimated=None,
+                               payload_bytes=None, bpp=math.nan, payload_bpp=math.nan,
+                               **dict.fromkeys(ENCODER_RATE_COLUMNS),
                                encode_s=math.nan, decode_s=math.nan, **dict.fromkeys(BITSTREAM_STAT_COLUMNS),
                                **values, status="ok", error=""))
     means = {k: float(np.mean([f[k] for f in frame_rows])) for k in keys}

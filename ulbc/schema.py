@@ -29,6 +29,9 @@ _ARROW_TYPES = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.strin
 #: The metric columns of a row, derived from the registry.
 METRIC_COLUMNS = tuple(column.name for column in item_columns())
 
+#: Rates an encoder may report in its info next to the file's (null where it reports none).
+ENCODER_RATE_COLUMNS = ("bpp_estimated", "bpp_paper")
+
 METRIC_ROW_SCHEMA = pa.schema(
     [
         pa.field("dataset", pa.string()),
@@ -49,6 +52,8 @@ METRIC_ROW_SCHEMA = pa.schema(
         # The encoder's own estimate of bpp from its entropy model's likelihoods, where it makes one
         # (CompressAI's models: their forward() estimate, next to the file's real bpp).
         pa.field("bpp_estimated", pa.float64()),
+        # The rate as the method's paper counts it, where that differs from the file (MISC's formula).
+        pa.field("bpp_paper", pa.float64()),
     ]
     + [pa.field(column.name, _ARROW_TYPES[column.dtype]) for column in item_columns()]
     + [

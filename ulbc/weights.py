@@ -282,6 +282,51 @@ _BUILTIN += (
     ),
 )
 
+#: OpenAI's CLIP ViT-B/16 (a TorchScript archive; its sha256 is the folder name of its URL).
+CLIP_VIT_B_16_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+#: Stable Diffusion 2.1-base in diffusers' layout, one file per component (no checksums published here).
+SD21_BASE_PAGE = "https://huggingface.co/stabilityai/stable-diffusion-2-1-base"
+_SD21_LICENCE = "CreativeML Open RAIL++-M (Stability AI)"
+
+# MISC: the mapper's CLIP and the generator's Stable Diffusion 2.1 components.
+_BUILTIN += (
+    WeightFile(
+        name="clip-vit-b-16",
+        file_name="ViT-B-16.pt",
+        urls=(f"https://openaipublic.azureedge.net/clip/models/{CLIP_VIT_B_16_SHA256}/ViT-B-16.pt",),
+        sha256=CLIP_VIT_B_16_SHA256,
+        size=None,
+        licence="MIT (openai/CLIP)",
+        used_by=("misc",),
+        description="OpenAI CLIP ViT-B/16 (TorchScript archive): MISC's clip-surgery mapper",
+    ),
+    *(WeightFile(
+        name=f"sd21-base-{component.replace('_', '-')}",
+        file_name=f"sd21-base-{component.replace('_', '-')}.safetensors",
+        urls=(f"{SD21_BASE_PAGE}/resolve/main/{component}/{file}",),
+        sha256="",
+        size=None,
+        licence=_SD21_LICENCE,
+        used_by=("misc",),
+        description=f"Stable Diffusion 2.1-base {what} (diffusers layout, {component}/{file})",
+        page=SD21_BASE_PAGE,
+    ) for component, file, what in (
+        ("unet", "diffusion_pytorch_model.safetensors", "UNet"),
+        ("vae", "diffusion_pytorch_model.safetensors", "VAE"),
+        ("text_encoder", "model.safetensors", "text encoder, OpenCLIP ViT-H/14's text tower"))),
+    WeightFile(
+        name="misc-restoration-control",
+        file_name="misc-restoration-control.safetensors",
+        urls=(),
+        sha256="",
+        size=None,
+        licence="that of the model imported",
+        used_by=("misc",),
+        description="a restoration ControlNet for SD 2.1-base in diffusers' ControlNetModel layout, conditioned "
+                    "on the up-sampled base image (none is published in that layout: train or convert one)",
+    ),
+)
+
 #: torchvision's COCO detection models (weights name -> file name): torch hub's 8-hex-digit sha256
 #: prefix is all that is published for them.
 TORCHVISION_DETECTION_FILES = {

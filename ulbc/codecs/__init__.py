@@ -97,6 +97,7 @@ from . import nerv  # noqa: E402,F401
 from . import compressai_zoo  # noqa: E402,F401
 from . import compressai_adapter  # noqa: E402,F401
 from . import glc  # noqa: E402,F401
+from . import misc  # noqa: E402,F401
 
 __all__ = [
     "CODECS",

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..codecs.base import Option, _short_repr
-from ..errors import ConfigError, InputError
+from ..errors import InputError
+from ..options import Option, check_options  # noqa: F401 - re-exported
 
 LEVELS = ("item", "dataset")
 DIRECTIONS = ("higher", "lower")
@@ -64,18 +64,6 @@ class Column:
     @property
     def lower_is_better(self) -> bool:
         return self.direction == "lower"
-
-
-def check_options(owner: str, specs: dict[str, Option], options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` checked against ``specs`` and completed with the defaults; one-line ConfigError."""
-    unknown = sorted(set(options) - set(specs))
-    if unknown:
-        raise ConfigError(f"{owner}: unknown option(s) {unknown}; known: {sorted(specs) or 'none'}")
-    checked = {key: specs[key].normalise(value) for key, value in options.items()}
-    for key, value in checked.items():
-        if not specs[key].accepts(value):
-            raise ConfigError(f"{owner}: option {key} must be {specs[key].requirement()}, got {_short_repr(value)}")
-    return {**{key: spec.default for key, spec in specs.items()}, **checked}
 
 
 #: The array types a feature side is stored in (no objects, no pickles); other numbers are widened.

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import weights
-from ..codecs.base import Option
+from ..options import Option
 from ..tasknets.classifiers import CLASSIFIERS, classifier_spec
 from . import register_metric
 from .base import Column, Metric

@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from .. import weights
-from ..codecs.base import Option
 from ..errors import ConfigError, InputError
+from ..options import Option
 from ..tasknets import detectors
 from . import register_metric
 from .base import Column, FeatureSet, Metric, MetricUndefined, as_feature_set

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from .. import weights
-from ..codecs.base import Option
 from ..errors import InputError
+from ..options import Option
 from . import register_metric
 from .base import Column, Metric, MetricUndefined
 

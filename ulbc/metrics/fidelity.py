@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ..codecs.base import Option
+from ..options import Option
 from . import register_metric
 from .base import Column, Metric
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..codecs.base import Option
 from ..errors import ConfigError
+from ..options import Option
 from . import register_metric
 from .base import Column, Metric
 

@@ -33,9 +33,9 @@ from unittest import mock
 import numpy as np
 
 from .. import weights
-from ..codecs.base import Option
 from ..statedict import check_layout, read_tensors, shape_text
 from ..errors import InputError, ToolMissingError
+from ..options import Option
 from . import register_metric
 from .base import Column, Metric
 

@@ -2,7 +2,8 @@
 
 * ``table``: answers written beforehand (the way the authors ran GPT-4V: offline, into a CSV),
   read from a CSV with ``item`` and ``answer`` columns or a JSON object ``{item: answer}``. Every
-  answer is parsed when the table is loaded, so a bad row fails before any image is coded.
+  answer is parsed when the table is loaded, so a bad row fails before any image is coded. An item
+  ``*`` answers for every item the table does not list (one fixed prompt for a whole dataset).
 * ``openai-compatible``: any chat-completions endpoint that takes images (OpenAI's, vLLM's,
   llama.cpp's server, ...): ``url`` is the API base (``.../v1``), ``model`` the model name, the key
   comes from the environment variable ``api_key_env`` (none sent when it is unset). The answer is
@@ -29,6 +30,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .answer import Answer, parse_answer
+from .stages import StageRegistry
 
 #: The question, in the paper's five-line layout (the authors' own wording is not published).
 PROMPT = (
@@ -40,23 +42,17 @@ PROMPT = (
     "Line 5: about fifty words on the whole image: the scene, the relations between the objects, colours, "
     "lighting and style."
 )
+#: The table row that answers for items the table does not list.
+DEFAULT_ITEM = "*"
 #: Largest response body read from an endpoint (bytes).
 MAX_RESPONSE_BYTES = 1 << 20
 
-CAPTIONERS: dict[str, type["Captioner"]] = {}
-
-
-def register_captioner(cls: type["Captioner"]) -> type["Captioner"]:
-    if cls.name in CAPTIONERS:
-        raise ValueError(f"captioner {cls.name!r} registered twice")
-    CAPTIONERS[cls.name] = cls
-    return cls
+CAPTIONERS = StageRegistry("captioner")
+register_captioner = CAPTIONERS.register
 
 
 def get_captioner(name: str, **options: Any) -> "Captioner":
-    if name not in CAPTIONERS:
-        raise ConfigError(f"unknown captioner {name!r}; known: {', '.join(sorted(CAPTIONERS))}")
-    return CAPTIONERS[name](**options)
+    return CAPTIONERS.lookup(name)(**options)
 
 
 class Captioner(ABC):
@@ -128,7 +124,7 @@ class TableCaptioner(Captioner):
         return answers
 
     def describe(self, image: np.ndarray, item: str) -> Answer:
-        for key in item_keys(item):
+        for key in [*item_keys(item), DEFAULT_ITEM]:
             if key in self.answers:
                 return self.answers[key]
         raise InputError(f"{item}: no answer in the caption table {self.path}")

@@ -27,7 +27,10 @@ def _deflate(data: bytes) -> bytes:
 
 def _inflate(data: bytes) -> bytes:
     unpacker = zlib.decompressobj(-15)
-    out = unpacker.decompress(data, MAX_TEXT_BYTES + 1)
+    try:
+        out = unpacker.decompress(data, MAX_TEXT_BYTES + 1)
+    except zlib.error as exc:
+        raise BitstreamError(f"the deflated text is damaged ({exc})") from None
     if len(out) > MAX_TEXT_BYTES or unpacker.unconsumed_tail:
         raise BitstreamError(f"the text inflates to more than {MAX_TEXT_BYTES} bytes")
     if not unpacker.eof or unpacker.unused_data:
