@@ -131,15 +131,16 @@ def plan_methods(config: dict) -> dict[str, MethodPlan]:
         if len(set(labels)) != len(labels):
             raise ConfigError(f"methods.{name}.rates: duplicate rate points {labels}")
         res = entry.get("resources", {})
+        uses_gpu, job_mem_mb, job_runtime = codec.job_needs()
         plans[name] = MethodPlan(
             name=name,
             codec=codec_name,
             options=dict(entry.get("options", {})),
             rates=tuple(points),
-            uses_gpu=cls.uses_gpu,
-            mem_mb=int(res.get("mem_mb", max(defaults.get("mem_mb", 2000), cls.job_mem_mb))),
-            runtime=int(res.get("runtime", max(defaults.get("runtime", 60), cls.job_runtime))),
-            gpu=int(res.get("gpu", 1 if cls.uses_gpu else 0)),
+            uses_gpu=uses_gpu,
+            mem_mb=int(res.get("mem_mb", max(defaults.get("mem_mb", 2000), job_mem_mb))),
+            runtime=int(res.get("runtime", max(defaults.get("runtime", 60), job_runtime))),
+            gpu=int(res.get("gpu", 1 if uses_gpu else 0)),
             media=cls.media,
             datasets=tuple(entry["datasets"]) if entry.get("datasets") is not None else None,
             weights=weight_files,

@@ -112,6 +112,11 @@ class Codec(ABC):
         """Version string of the underlying library or tool, recorded with every result row."""
         return "unknown"
 
+    def job_needs(self) -> tuple[bool, int, int]:
+        """(GPU wanted, memory floor in MB, runtime floor in minutes) of this codec's jobs with its
+        options; the class attributes unless the options change them."""
+        return self.uses_gpu, self.job_mem_mb, self.job_runtime
+
     def weight_names(self, rate: float) -> list[str]:
         """Weights-registry files (:mod:`ulbc.weights`) the codec loads at ``rate``: the study
         verifies (or fetches) them before its jobs run."""

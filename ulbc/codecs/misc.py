@@ -148,6 +148,15 @@ class MISC(Codec):
     def rate_label(self, rate: float) -> str:
         return self.base.rate_label(rate)
 
+    def job_needs(self) -> tuple[bool, int, int]:
+        # A generative decoder wants a GPU and memory; the lower bound needs only what its base needs.
+        from . import CODECS
+
+        base = CODECS[self._base_name]
+        if self.generator.needs_gpu:
+            return True, max(self.job_mem_mb, base.job_mem_mb), max(self.job_runtime, base.job_runtime)
+        return base.uses_gpu, base.job_mem_mb, base.job_runtime
+
     def weight_names(self, rate: float) -> list[str]:
         names = [*self.base.weight_names(rate), *self.mapper.weight_names(), *self.generator.weight_names()]
         return list(dict.fromkeys(names))

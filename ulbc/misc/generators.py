@@ -62,6 +62,8 @@ class Generator(ABC):
     lower_bound: ClassVar[bool] = False
     #: Whether two decodes on different kinds of device give the same pixels.
     exact_across_devices: ClassVar[bool] = True
+    #: Whether its jobs should ask for a GPU (a CPU still decodes, slowly).
+    needs_gpu: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
@@ -138,6 +140,7 @@ class Diffusion(Generator):
     generator_id = 2
     settings_bytes = _DIFFUSION_SETTINGS.size + 4  # + the weights' digest
     exact_across_devices = False
+    needs_gpu = True
     option_specs = {
         "config": Option("sd21-base", "choice", choices=("sd21-base", "tiny"),
                          help="networks and their weights: sd21-base (Stable Diffusion 2.1-base) or tiny (tests)"),
