@@ -203,3 +203,72 @@ def write_clip_standin(folder: Path, *, seed: int = 0, name: str = "standin-clip
     path = folder / f"{name}.pt"
     torch.save(model.state_dict(), path)
     return _entry(path, name, "random CLIP ViT (3 blocks, width 64) in OpenAI's layout")
+
+
+#: The answer the tiny vision-language model of :func:`write_vlm_standin` is taught (its words are
+#: its vocabulary's; the tokenizer splits on spaces, the decoder joins with them).
+VLM_ANSWER = "w4 , w5 , w6 . \n w7 w8 . \n w9 w10 . \n w11 w12 . \n w13 w14 w15 ."
+
+
+def write_vlm_standin(folder: Path, *, prompt: str, image, teach: bool = True, steps: int = 150) -> Path:
+    """A zipped transformers model folder of a tiny LLaVA (1-layer CLIP vision tower, 1-layer Llama),
+    with a word-level tokenizer and a chat template; ``teach``: trained until greedy decoding of
+    ``prompt`` about ``image`` gives :data:`VLM_ANSWER`. Returns the archive."""
+    import shutil
+    import tempfile
+
+    import torch
+    from PIL import Image
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    words = ["<unk>", "<pad>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:", ".", ",", "\n",
+             *(f"w{i}" for i in range(40))]
+    vocab = {word: index for index, word in enumerate(words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>")
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+                "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+                "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                  crop_size={"height": 32, "width": 32}),
+                               tokenizer=fast, chat_template=template, patch_size=16,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, image_size=32, patch_size=16, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=64, projection_dim=32),
+        text_config=LlamaConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                                bos_token_id=2, eos_token_id=3, pad_token_id=1),
+        image_token_index=vocab["<image>"], vision_feature_layer=-1)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    if teach:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        inputs = processor(text=processor.apply_chat_template(messages, add_generation_prompt=True),
+                           images=[Image.fromarray(image)], return_tensors="pt")
+        target = torch.tensor([[vocab[word] for word in VLM_ANSWER.split(" ")] + [vocab["</s>"]]])
+        ids = torch.cat([inputs["input_ids"], target], 1)
+        labels = torch.cat([torch.full_like(inputs["input_ids"], -100), target], 1)
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(steps):
+            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs["pixel_values"],
+                         labels=labels).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        model_dir = Path(work) / "tiny-llava"
+        model.save_pretrained(model_dir)
+        processor.save_pretrained(model_dir)
+        archive = shutil.make_archive(str(folder / ("tiny-llava" if teach else "tiny-llava-untaught")), "zip",
+                                      work, "tiny-llava")
+    return Path(archive)

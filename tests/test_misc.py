@@ -318,3 +318,7 @@ def test_a_study_with_misc_reports_bpp_paper_and_perceptual_metrics(tmp_path, ph
     assert json.loads(ours["encode_info"].iloc[0])["generator"] == "upscale, lower bound"
     summary = pd.read_csv(out / "summary.csv")
     assert summary.loc[summary["method"] == "misc", ["bpp_paper", "flip", "lpips", "fid"]].notna().all().all()
+    # The tables say that no generative model decoded these files.
+    page = (out / "summary.html").read_text()
+    assert "tiny misc: decoded by up-sampling the base image, without MISC&#x27;s generative model: a lower bound" \
+        in page or "tiny misc: decoded by up-sampling the base image, without MISC's generative model" in page

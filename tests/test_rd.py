@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from ulbc.errors import ConfigError, InputError
 from ulbc.provenance import code_digest
-from ulbc.rd import bd_rate_table, plot_rd, summarize, write_table
+from ulbc.rd import bd_rate_table, encoder_notes, plot_rd, summarize, write_table
 from ulbc.schema import METRIC_COLUMNS, METRIC_ROW_SCHEMA
 
 ANCHOR_BPP = [0.2, 0.4, 0.8, 1.6]
@@ -351,3 +352,15 @@ def test_task_table_takes_task_columns_from_the_machine_rows_and_psnr_from_the_h
     assert table.loc["cheng+a", "note"] == "a human note; cheng+a@machine: few points"
     assert table.loc["cheng", "task_rows"] == "cheng" and table.loc["cheng", "bd_rate_map_bbox"] == -30.0
     assert task_table(bd.drop(columns=["bd_rate_map_bbox", "bd_map_bbox"])).empty  # no task metric measured
+
+
+def test_encoder_notes_are_said_once_per_dataset_and_method():
+    note = json.dumps({"note": "decoded without the generative model: a lower bound"})
+    frame = pd.DataFrame([
+        row(method="misc", item="a", encode_info=note), row(method="misc", item="b", encode_info=note),
+        row(method="misc", dataset="clic", encode_info=json.dumps({"note": "not bit-exact across devices"})),
+        row(method="misc", dataset="clic", item="c", status="decode_error", encode_info=json.dumps({"note": "x"})),
+        row(method="jpeg", encode_info=json.dumps({"other": 1})), row(method="webp", encode_info="{not json"),
+    ])
+    assert encoder_notes(frame) == ["clic misc: not bit-exact across devices",
+                                    "kodak misc: decoded without the generative model: a lower bound"]

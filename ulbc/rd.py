@@ -647,6 +647,25 @@ def study_notes(summary: pd.DataFrame) -> list[str]:
     return notes
 
 
+def encoder_notes(frame: pd.DataFrame) -> list[str]:
+    """What the encoders say changes the meaning of their rows (``note`` in a row's encode_info:
+    a decode without the method's generative model, a decoder not bit-exact across devices), once
+    per dataset and method."""
+    if "encode_info" not in frame.columns:
+        return []
+    notes: dict[tuple[str, str], list[str]] = {}
+    ok = frame[frame["status"].eq("ok") & frame["encode_info"].fillna("").ne("")]
+    for (dataset, method), part in ok.groupby(["dataset", "method"], sort=True):
+        for text in part["encode_info"].unique():
+            try:
+                note = json.loads(text).get("note")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(note, str) and note and note not in notes.setdefault((dataset, method), []):
+                notes[(dataset, method)].append(note)
+    return [f"{dataset} {method}: {'; '.join(items)}" for (dataset, method), items in notes.items() if items]
+
+
 def metric_definitions(frame: pd.DataFrame, dataset_table: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per column of the metrics a study measured: what it is, which way is better, whether
     it is BD-rated, and the settings recorded with the results (options, weight files by sha256)."""
@@ -721,7 +740,7 @@ def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str
     Returns (summary, BD-rate table, notes); the notes also head the HTML tables."""
     out = Path(outdir)
     summary = summarize(frame, dataset_table=dataset_table)
-    notes = study_notes(summary)
+    notes = study_notes(summary) + encoder_notes(frame)
     if external is not None and len(external):
         clash = sorted(set(external["method"]) & set(summary["method"]))
         if clash:

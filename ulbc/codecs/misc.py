@@ -2,7 +2,7 @@
 
 Four plug-in stages, each from a registry and each with its own options:
 
-* ``captioner`` (:mod:`ulbc.misc.captioners`): the five-line answer (three objects, a sentence
+* ``captioner`` (:mod:`ulbc.misc.captioners`, :mod:`ulbc.misc.vlm`): the five-line answer (three objects, a sentence
   about each, the whole image);
 * ``mapper`` (:mod:`ulbc.misc.mappers`): a block mask per object, or none (global-only mode);
 * ``base``: any registered ulbc image codec, at the study's rate, on the image down-scaled by
@@ -65,7 +65,8 @@ class MISC(Codec):
     rate_param = "base_rate"
     # The default base codec's (jpeg) qualities; another base takes its own rates from the config.
     default_rates = (5, 10, 20, 35, 50)
-    rate_range = (0, 1 << 20)
+    # What the usual bases accept (qualities, QPs, distances); the base codec checks each rate itself.
+    rate_range = (0, 100)
     uses_gpu = True
     gpu_decoder = True
     wants_item_names = True
@@ -73,10 +74,11 @@ class MISC(Codec):
     decode_bytes_per_pixel = 4000  # a diffusion decoder's activations at full resolution
     option_specs = {
         "captioner": Option("table", "choice", choices=tuple(sorted(CAPTIONERS)),
-                            help="who writes the five-line answer: table (answers prepared beforehand) or "
-                                 "openai-compatible (a chat endpoint with vision input)"),
+                            help="who writes the five-line answer: table (answers prepared beforehand), "
+                                 "openai-compatible (a chat endpoint with vision input) or transformers (a "
+                                 "local vision-language model)"),
         "captioner_options": Option({}, "mapping", help="the captioner's options (table: path; openai-compatible: "
-                                                        "url, model, api_key_env, ...)"),
+                                                        "url, model, api_key_env, ...; transformers: weights)"),
         "mapper": Option("none", "choice", choices=tuple(sorted(MAPPERS)),
                          help="object maps: none (global-only) or clip-surgery (CLIP ViT-B/16)"),
         "mapper_options": Option({}, "mapping", help="the mapper's options (clip-surgery: grid, threshold, ...)"),
@@ -111,7 +113,7 @@ class MISC(Codec):
         if base not in CODECS:
             raise ConfigError(f"codec {self.name!r}: base {base!r} is not a registered codec")
         cls = CODECS[base]
-        if cls.media != "image" or base == self.name or "+adapter" in base:
+        if cls.media != "image" or base == self.name:
             raise ConfigError(f"codec {self.name!r}: base {base!r} is not an image codec MISC can embed")
         self._base_name = base
         self._base: Codec | None = None
@@ -220,6 +222,7 @@ class MISC(Codec):
             "text_bits_per_character": 8 * len(text_bytes) / max(characters, 1),
             "generator": self.generator.label(),
             "exact_across_devices": self.generator.exact_across_devices,
+            "note": self.generator.note,
         }
         if base.info.get("weights"):
             info["weights"] = base.info["weights"]

@@ -4,6 +4,8 @@
   read from a CSV with ``item`` and ``answer`` columns or a JSON object ``{item: answer}``. Every
   answer is parsed when the table is loaded, so a bad row fails before any image is coded. An item
   ``*`` answers for every item the table does not list (one fixed prompt for a whole dataset).
+* ``transformers``: a local vision-language model (a zipped ``transformers`` model folder in the
+  weights manager, :mod:`ulbc.misc.vlm`), greedy decoding.
 * ``openai-compatible``: any chat-completions endpoint that takes images (OpenAI's, vLLM's,
   llama.cpp's server, ...): ``url`` is the API base (``.../v1``), ``model`` the model name, the key
   comes from the environment variable ``api_key_env`` (none sent when it is unset). The answer is
@@ -185,3 +187,24 @@ class OpenAICompatibleCaptioner(Captioner):
         if isinstance(content, list):  # some servers return content parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         return parse_answer(content, f"{item} (answer of {self.options['model']} at {url})")
+
+
+@register_captioner
+class TransformersCaptioner(Captioner):
+    name = "transformers"
+    option_help = {
+        "weights": (None, "weights-registry name of a zipped transformers vision-language model folder "
+                          "(ulbc.misc.vlm)"),
+        "max_new_tokens": (400, "longest answer (tokens)"),
+        "prompt": (PROMPT, "the question asked with the image"),
+        "device": ("auto", "where the model runs: auto (a GPU when there is one), cpu, cuda, cuda:1, ..."),
+    }
+
+    def describe(self, image: np.ndarray, item: str) -> Answer:
+        from ..provenance import resolve_device
+        from .vlm import generate
+
+        device = resolve_device(str(self.options["device"]), True)
+        text = generate(str(self.options["weights"]), image, str(self.options["prompt"]),
+                        max_new_tokens=int(self.options["max_new_tokens"]), device=device)
+        return parse_answer(text, f"{item} (answer of {self.options['weights']})")

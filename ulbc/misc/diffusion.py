@@ -233,7 +233,7 @@ def _embed(parts: dict, texts: Sequence[str], device: str):
         return parts["text_encoder"](tokenize(texts).to(device))[0]
 
 
-def _denoise(parts: dict, scheduler, latents, start_latents, noise, prompt: str, steps: int, guidance: float,
+def _denoise(parts: dict, scheduler, start_latents, noise, prompt: str, steps: int, guidance: float,
              strength: float, control_image, device: str):
     """One img2img pass: ``start_latents`` noised to ``strength``, then DDIM to t = 0."""
     import torch
@@ -307,10 +307,10 @@ def generate(config: DiffusionConfig, control: bool, schedule: Schedule, guide: 
             inner_h, inner_w = -(-height // config.vae_factor), -(-width // config.vae_factor)
             m = F.interpolate(m, size=(inner_h, inner_w), mode="nearest")
             m = F.pad(m, (0, lat_w - inner_w, 0, lat_h - inner_h)).to(device)
-            local = _denoise(parts, scheduler, latents, latents, noises[index], texts[index], schedule.local_steps,
+            local = _denoise(parts, scheduler, latents, noises[index], texts[index], schedule.local_steps,
                              schedule.local_guidance, schedule.strength, x, device)
             latents = m * local + (1 - m) * latents
-    latents = _denoise(parts, scheduler, latents, latents, noises[-1], texts[-1], schedule.steps, schedule.guidance,
+    latents = _denoise(parts, scheduler, latents, noises[-1], texts[-1], schedule.steps, schedule.guidance,
                        schedule.strength, x, device)
     with torch.no_grad():
         out = (parts["vae"].decode(latents / scale).sample.clamp(-1, 1) + 1) / 2

@@ -58,12 +58,12 @@ class Generator(ABC):
     option_specs: ClassVar[dict[str, Option]] = {}
     #: Size of the settings that follow the id in a file.
     settings_bytes: ClassVar[int]
-    #: Whether results must say the method ran without its generative model.
-    lower_bound: ClassVar[bool] = False
     #: Whether two decodes on different kinds of device give the same pixels.
     exact_across_devices: ClassVar[bool] = True
     #: Whether its jobs should ask for a GPU (a CPU still decodes, slowly).
     needs_gpu: ClassVar[bool] = False
+    #: What a reader of the results must know about this decoder (the study's notes say it).
+    note: ClassVar[str] = ""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
@@ -112,7 +112,7 @@ class Upscale(Generator):
     name = "upscale"
     generator_id = 1
     settings_bytes = 1
-    lower_bound = True
+    note = "decoded by up-sampling the base image, without MISC's generative model: a lower bound"
     option_specs = {"resample": Option("bicubic", "choice", choices=_RESAMPLING, help="up-sampling filter (PIL)")}
 
     def settings(self) -> bytes:
@@ -141,6 +141,8 @@ class Diffusion(Generator):
     settings_bytes = _DIFFUSION_SETTINGS.size + 4  # + the weights' digest
     exact_across_devices = False
     needs_gpu = True
+    note = ("decoded by Stable Diffusion: the same file gives the same pixels on the same kind of device, "
+            "not bit-exact across devices (a GPU and a CPU decode differ)")
     option_specs = {
         "config": Option("sd21-base", "choice", choices=("sd21-base", "tiny"),
                          help="networks and their weights: sd21-base (Stable Diffusion 2.1-base) or tiny (tests)"),
