@@ -103,7 +103,8 @@ def test_bd_table_layout_and_nan_reasons(study):
     table = bd_rate_table(study, "jpeg")
     assert list(table.columns) == (
         ["dataset", "method", "anchor", "interpolation"] + [f"bd_rate_{m}" for m in METRICS]
-        + [f"bd_{m}" for m in METRICS] + ["n_points", "n_points_anchor", "n_items", "n_excluded"]
+        + [f"bd_{m}" for m in METRICS] + [f"thin_{m}" for m in METRICS]
+        + ["n_points", "n_points_anchor", "n_items", "n_excluded"]
         + [f"overlap_{s}_{m}" for m in METRICS for s in ("low", "high")] + ["note"]
     )
     # Anchor first within each dataset, datasets sorted.

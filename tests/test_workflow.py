@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,9 +91,28 @@ def test_end_to_end(tmp_path, photo):
     # Nothing to do on a second run.
     again = snakemake(tmp_path, config, "--cores", "2", "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
-    # The report builds.
+    # The report builds, with the visual comparison page of the dataset in it, whose crops are the
+    # decoded pixels of the bitstreams its index names.
+    from test_visual import _check_crops_are_the_decoded_pixels
+    from ulbc.visual import read_index
+
     snakemake(tmp_path, config, "--report", str(tmp_path / "report.html"))
-    assert (tmp_path / "report.html").stat().st_size > 10_000
+    report = (tmp_path / "report.html").read_text()
+    assert len(report) > 10_000
+    page = out / "comparison" / "tiny.html"
+    start = report.index(f'"{page}": {{')
+    uri = re.search(r'"data_uri": "data:text/html;[^",]*base64,([A-Za-z0-9+/=]+)"', report[start:]).group(1)
+    embedded = base64.b64decode(uri)
+    assert embedded == page.read_bytes() and embedded.count(b"data:image/webp;base64,") >= 4
+    index = read_index(out / "comparison" / "index.json")
+    assert index["datasets"]["tiny"]["items"] == ["im0", "im1"]
+    _check_crops_are_the_decoded_pixels(out / "comparison", index)
+    datasets = pd.read_csv(out / "datasets.csv", keep_default_na=False).to_dict("records")
+    assert len(datasets) == 1
+    assert {k: datasets[0][k] for k in ("dataset", "kind", "items", "size", "frames per clip", "methods")} == {
+        "dataset": "tiny", "kind": "images", "items": 3, "size": "48×40", "frames per clip": "",
+        "methods": "jpeg (4:2:0), webp (4:2:0)"}
+    assert datasets[0]["source"] == f"local files: {tmp_path / 'imgs'}"
 
 
 def test_slurm_profile_dry_run(tmp_path, photo):

@@ -451,13 +451,28 @@ def cmd_analyse(args) -> None:
     external = read_reference_results(args.reference_results) if args.reference_results else None
     summary, table, notes = analyse_study(frame, Path(args.outdir), anchor=args.anchor,
                                           interpolation=args.interpolation, dataset_table=dataset_table,
-                                          notice=notice, external=external)
+                                          notice=notice, external=external,
+                                          dataset_sources=args.dataset_sources)
     for note in notes:
         print(f"ulbc: note: {note}", file=sys.stderr)
     failed = int(summary["n_failed"].sum())
     if failed:
         print(f"ulbc: warning: {failed} item encodes/decodes failed; see the status/error columns", file=sys.stderr)
     print(table.to_string(index=False))
+
+
+def cmd_visual_comparison(args) -> None:
+    from .aggregate import read_metrics
+    from .rd import method_labels
+    from .visual import ComparisonSettings, build_comparison
+
+    frame = read_metrics(args.metrics)
+    settings = ComparisonSettings(items=args.items, select=args.select, targets=tuple(args.target_bpp),
+                                  crop=args.crop, frames=args.frames)
+    index = build_comparison(frame, args.results, args.outdir, items_per_job=args.items_per_job, settings=settings,
+                             anchor=args.anchor, labels=method_labels(frame), device=args.device)
+    counts = {kind: sum(1 for r in index["crops"] if r["kind"] == kind) for kind in ("original", "decoded", "flip_map")}
+    print(json.dumps({"outdir": str(args.outdir), "datasets": sorted(index["datasets"]), **counts}))
 
 
 def cmd_export_compressai_json(args) -> None:
@@ -807,7 +822,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-results", type=_json_object, metavar="JSON",
                    help='published curves to draw and BD-rate, as in the config: '
                         '\'{"NAME": {"dataset": "kodak", "file": "curve.json"}}\' (CompressAI result files)')
+    p.add_argument("--dataset-sources", type=_json_object, metavar="JSON", default={},
+                   help='where each dataset comes from, for the datasets table: \'{"kodak": "registry: kodak"}\'')
     p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("visual-comparison", help="workflow stage: decoded crops of a few items per dataset, every "
+                                                 "method at the rate nearest each target bpp -> HTML pages")
+    p.add_argument("metrics", help="metrics.parquet of the study")
+    p.add_argument("--results", required=True, help="the study's results folder (bitstreams/ and manifests/ in it)")
+    p.add_argument("--items-per-job", type=_positive_int, required=True, help="the study's items_per_job (locates packs)")
+    p.add_argument("--outdir", required=True, help="folder written whole: index.json, crops/, <dataset>.html")
+    p.add_argument("--items", type=int, default=2, help="items shown per dataset (default 2; 0: none)")
+    p.add_argument("--select", choices=("first", "extremes"), default="first",
+                   help="first: the first items of the manifest; extremes: the most and least compressible in turn")
+    p.add_argument("--target-bpp", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5], metavar="BPP",
+                   help="columns: the rate point nearest each (within a factor 2) is shown")
+    p.add_argument("--crop", type=int, default=192, help="crop side in pixels (the item's most detailed window)")
+    p.add_argument("--frames", type=_positive_int, default=3, help="frames per clip strip")
+    p.add_argument("--anchor", help="method listed first")
+    p.add_argument("--device", default="cpu", help="device the decoders run on (cpu, cuda, auto)")
+    p.set_defaults(func=cmd_visual_comparison)
 
     p = sub.add_parser("export", help="write a study's curves in another tool's layout")
     export = p.add_subparsers(dest="format", required=True, metavar="FORMAT")

@@ -222,6 +222,34 @@ COCO_VAL2017 = DatasetSpec(
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (KODAK, CLIC2020, DIV2K, UVG, COCO_VAL2017)}
 
 
+def describe_source(entry: Mapping[str, Any]) -> str:
+    """A dataset entry of a study config in words, for the report's datasets table."""
+    kind = str(entry.get("source", ""))
+    video = entry.get("video") or {}
+    taken = []
+    if video.get("first"):
+        taken.append(f"from frame {video['first']}")
+    if video.get("frames"):
+        taken.append(f"{video['frames']} frames")
+    if video.get("step", 1) != 1:
+        taken.append(f"every {video['step']}th")
+    if video.get("size"):
+        taken.append("resized to {}×{}".format(*video["size"]))
+    suffix = f" (taken: {', '.join(taken)})" if taken else ""
+    if kind == "samples":
+        return (f"{len(SAMPLE_FILES)} photos bundled with scikit-image ({', '.join(SAMPLE_FILES)}; "
+                "rocket.jpg is itself a JPEG)")
+    if kind == "sample-clip":
+        return "the clip bundled with ulbc: 8 frames of Intel libvpl's \"cars\", 320×240" + suffix
+    if kind == "local":
+        pattern = f", {entry['pattern']}" if entry.get("pattern") else ""
+        return f"local files: {entry.get('path', '')}{pattern}" + suffix
+    spec = DATASETS.get(kind)
+    if spec is not None:
+        return f"{spec.description} ({spec.homepage})" + suffix
+    return kind + suffix
+
+
 def list_datasets() -> list[DatasetSpec]:
     return [DATASETS[name] for name in sorted(DATASETS)]
 

@@ -42,6 +42,10 @@ _ROW_COLUMNS = GROUP_KEYS + ["status", "bpp", "payload_bpp", "bytes", "width", "
 INTERPOLATIONS = {"akima": 2, "pchip": 2, "cubic": 4}
 # bjontegaard's own threshold for a warning about a thin overlap; we report it in the note instead.
 LOW_OVERLAP = 0.75
+#: A BD value is "thin" (``thin_<column>``, greyed and marked in the HTML tables, not to be quoted
+#: as a plain number) when a curve has fewer points than this or the quality ranges overlap less.
+THIN_MIN_POINTS = 4
+THIN_OVERLAP = 0.5
 
 RATE_LABELS = {
     "bpp": "bits per pixel (bpp), mean over items",
@@ -56,6 +60,32 @@ def column_label(name: str) -> str:
         return RATE_LABELS[name]
     column = all_columns().get(name)
     return column.label if column is not None else name
+
+
+def method_labels(rows: pd.DataFrame) -> dict[str, str]:
+    """The label of each method of ``rows`` in plots and tables: its name with what changes the
+    meaning of its results (:meth:`ulbc.codecs.base.Codec.label_tags` of its codec and options),
+    e.g. "lottery (100 it, demo)", "x265 (inter, 4:2:0)". ``<method>@machine`` rows get the label
+    of their method plus "@machine". A method whose codec is not registered here keeps its name."""
+    from .codecs import CODECS
+    from .errors import UlbcError
+
+    labels: dict[str, str] = {}
+    if rows.empty or "codec" not in rows.columns:
+        return labels
+    options_column = rows["codec_options"] if "codec_options" in rows.columns else pd.Series("", index=rows.index)
+    firsts = rows.assign(_options=options_column.fillna("")).drop_duplicates("method")
+    for method, codec, options_text in zip(firsts["method"], firsts["codec"], firsts["_options"]):
+        base, _, target = str(method).partition("@")
+        tags: tuple[str, ...] = ()
+        try:
+            options = json.loads(options_text) if options_text else {}
+            if codec in CODECS and isinstance(options, dict):
+                tags = tuple(CODECS[codec](**options).label_tags())
+        except (ValueError, TypeError, UlbcError):
+            tags = ()
+        labels[method] = base + (f" ({', '.join(tags)})" if tags else "") + (f"@{target}" if target else "")
+    return labels
 
 
 def measured_metrics(rows: pd.DataFrame) -> list[str]:
@@ -241,6 +271,13 @@ def _bd_quality(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
     return value, note
 
 
+def overlap_share(anchor_quality: np.ndarray, test_quality: np.ndarray) -> float:
+    """The overlapping quality interval of two curves as a share of their joint range (0 if none)."""
+    low, high = max(anchor_quality.min(), test_quality.min()), min(anchor_quality.max(), test_quality.max())
+    joint = max(anchor_quality.max(), test_quality.max()) - min(anchor_quality.min(), test_quality.min())
+    return float((high - low) / joint) if high > low and joint > 0 else 0.0
+
+
 def _bd_value(anchor: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
               interpolation: str) -> tuple[float, float, float, str | None]:
     """(BD-rate %, overlap low, overlap high, note) for one metric."""
@@ -303,9 +340,13 @@ def _metric_cells(points: pd.DataFrame, anchor_points: pd.DataFrame | None, *, i
     for metric in metrics:
         value, low, high, at_rate = math.nan, math.nan, math.nan, math.nan
         note = None
+        thin = False
         if anchor_points is not None:
             test = _curve(points, metric, rate)
             ref = _curve(anchor_points, metric, rate)
+            if not is_anchor and len(test[0]) and len(ref[0]):
+                thin = (min(len(test[0]), len(ref[0])) < THIN_MIN_POINTS
+                        or overlap_share(ref[1], test[1]) < THIN_OVERLAP)
             note = _curve_problem(*ref, min_points, f"anchor {anchor}")
             if note is None and is_anchor:
                 value, at_rate, low, high = 0.0, 0.0, float(ref[1].min()), float(ref[1].max())
@@ -322,6 +363,7 @@ def _metric_cells(points: pd.DataFrame, anchor_points: pd.DataFrame | None, *, i
         cells[f"bd_{metric}"] = at_rate
         cells[f"overlap_low_{metric}"] = low
         cells[f"overlap_high_{metric}"] = high
+        cells[f"thin_{metric}"] = bool(thin and math.isfinite(value))
         if note:
             metric_notes.setdefault(note, []).append(metric)
     return cells, [f"{', '.join(names)}: {note}" for note, names in metric_notes.items()]
@@ -422,7 +464,9 @@ def bd_rate_table(
     ultra-low rates. Dataset-level metrics (FID, KID) need ``dataset_table``; they are measured
     over every ok item of a rate point, not over the common item set. ``external`` holds published
     curves (:func:`ulbc.compressai_json.read_compressai_json`), BD-rated as given against the anchor's
-    ok items, with a note saying so. ``table`` is normally the per-item
+    ok items, with a note saying so. ``thin_<column>`` is true where the value rests on a curve of
+    fewer than :data:`THIN_MIN_POINTS` points or on less than :data:`THIN_OVERLAP` quality overlap:
+    the HTML tables grey and mark it. ``table`` is normally the per-item
     rows of a metrics file: for each (dataset, method) the BD-rate is then computed over the items
     that are ok at every rate point of both the method and the anchor (a common item set, so the two
     curves describe the same images); a failed item is left out of both curves rather than erasing
@@ -476,6 +520,7 @@ def bd_rate_table(
         ["dataset", "method", "anchor", "interpolation"]
         + [f"bd_rate_{m}" for m in metrics]
         + [f"bd_{m}" for m in metrics]
+        + [f"thin_{m}" for m in metrics]
         + ["n_points", "n_points_anchor", "n_items", "n_excluded"]
         + [f"overlap_{side}_{m}" for m in metrics for side in ("low", "high")]
         + ["note"]
@@ -506,8 +551,10 @@ def plot_rd(
     anchor: str | None = None,
     log_x: bool = False,
     rate: str = "bpp",
+    labels: dict[str, str] | None = None,
 ) -> None:
     """RD curves, one panel per dataset and one line per method; the anchor is black and dashed.
+    ``labels`` name the methods in the legend (:func:`method_labels`; default: the method names).
 
     Uses matplotlib's object API with the Agg canvas (no pyplot state), so it runs headless and in
     worker threads. Rate points with failed items are plotted from their ok items and the method's
@@ -547,7 +594,7 @@ def plot_rd(
             if not keep.any():
                 continue
             order = np.argsort(x[keep], kind="mergesort")
-            label = method + (" (anchor)" if method == anchor else "")
+            label = (labels or {}).get(method, method) + (" (anchor)" if method == anchor else "")
             if "n_failed" in pts.columns and int(pts["n_failed"].fillna(0).sum()) > 0:
                 label += " (some items failed)"
             external = "source" in pts.columns and pts["source"].fillna("").str.startswith("external").any()
@@ -577,7 +624,9 @@ def plot_rd(
 
 
 def _html_float(value: float) -> str:
-    if value == 0 or not math.isfinite(value):
+    if value == 0:
+        return "0"  # not "-0"
+    if not math.isfinite(value):
         return f"{value:g}"
     if abs(value) >= 100:
         return f"{value:.2f}"
@@ -585,25 +634,70 @@ def _html_float(value: float) -> str:
 
 
 def _html_bd(value: float) -> str:
-    return f"{value:+.2f}" if math.isfinite(value) else f"{value:g}"
+    return f"{value:+.2f} %" if math.isfinite(value) else ""
 
 
-def write_table(df: pd.DataFrame, out_path: str | os.PathLike, *, notice: str | None = None) -> None:
+THIN_MARK = "†"
+THIN_FOOTNOTE = (f"{THIN_MARK} greyed: a curve of fewer than {THIN_MIN_POINTS} points, or under "
+                 f"{100 * THIN_OVERLAP:.0f} % quality overlap with the anchor; an indication, not a number to quote")
+
+
+def _html_cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return _html_float(float(value))
+    return str(value)
+
+
+def _html_rows(df: pd.DataFrame, labels: dict[str, str] | None) -> tuple[str, bool]:
+    """The table of ``df`` as HTML (``thin_<m>`` columns become marks on their BD cells), and
+    whether any cell was marked."""
+    thin_of = {c: f"thin_{c[len('bd_rate_'):]}" if c.startswith("bd_rate_") else f"thin_{c[len('bd_'):]}"
+               for c in df.columns if str(c).startswith("bd_")}
+    shown = [c for c in df.columns if not str(c).startswith("thin_")]
+    marked = False
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown)
+    body = []
+    for _, row in df.iterrows():
+        cells = []
+        for column in shown:
+            value = row[column]
+            if column == "method" and labels:
+                text = labels.get(str(value), str(value))
+            elif str(column).startswith("bd_rate_"):
+                text = _html_bd(float(value)) if pd.notna(value) else ""
+            else:
+                text = _html_cell(value)
+            thin_column = thin_of.get(column)
+            if thin_column in df.columns and bool(row[thin_column]) and text:
+                marked = True
+                cells.append(f'<td class="thin">{html.escape(text)}{THIN_MARK}</td>')
+            else:
+                cells.append(f"<td>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    table = (f'<table class="ulbc-table"><thead><tr style="text-align: left;">{head}</tr></thead>\n<tbody>\n'
+             + "\n".join(body) + "\n</tbody></table>")
+    return table, marked
+
+
+def write_table(df: pd.DataFrame, out_path: str | os.PathLike, *, notice: str | None = None,
+                labels: dict[str, str] | None = None) -> None:
     """Write ``df`` as .csv (full precision, for further analysis) or .html (rounded, for reports).
 
     The HTML is a small standalone page so Snakemake's ``--report`` can embed it as it is. A
     ``notice`` (e.g. that the results mix code versions) becomes a ``notice`` column of the CSV and
-    a highlighted line above the HTML table.
+    a highlighted line above the HTML table. In the HTML, ``labels`` replace method names
+    (:func:`method_labels`), BD-rates read as signed percentages, and the BD cells of a row whose
+    ``thin_<column>`` is true are greyed and marked (the ``thin_`` columns themselves stay in the CSV).
     """
     out_path = Path(out_path)
     suffix = out_path.suffix.lower()
     if suffix == ".csv":
         text = (df.assign(notice=notice) if notice else df).to_csv(index=False)
     elif suffix in (".html", ".htm"):
-        # BD-rates read as signed percentages; the other numbers keep four significant decimals.
-        formatters = {c: _html_bd for c in df.columns if str(c).startswith("bd_rate_")}
-        table = df.to_html(index=False, float_format=_html_float, formatters=formatters, na_rep="",
-                           border=0, classes="ulbc-table", justify="left")
+        table, marked = _html_rows(df, labels)
+        footnote = f'<p class="ulbc-footnote">{html.escape(THIN_FOOTNOTE)}</p>\n' if marked else ""
         text = (
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\n"
             f"<title>{html.escape(out_path.stem)}</title>\n<style>\n"
@@ -612,9 +706,11 @@ def write_table(df: pd.DataFrame, out_path: str | os.PathLike, *, notice: str | 
             ".ulbc-table td { text-align: right; }\n"
             ".ulbc-table tbody tr:nth-child(even) { background: #f6f6f6; }\n"
             ".ulbc-notice { font-family: sans-serif; font-size: 13px; background: #fff3cd; padding: 6px; }\n"
+            ".ulbc-table td.thin { color: #999; }\n"
+            ".ulbc-footnote { font-family: sans-serif; font-size: 12px; color: #555; }\n"
             "</style></head><body>\n"
             + (f'<p class="ulbc-notice">{html.escape(notice)}</p>\n' if notice else "")
-            + table + "\n</body></html>\n"
+            + table + "\n" + footnote + "</body></html>\n"
         )
     else:
         raise ConfigError(f"{out_path}: table format must be .csv or .html")
@@ -664,6 +760,40 @@ def encoder_notes(frame: pd.DataFrame) -> list[str]:
             if isinstance(note, str) and note and note not in notes.setdefault((dataset, method), []):
                 notes[(dataset, method)].append(note)
     return [f"{dataset} {method}: {'; '.join(items)}" for (dataset, method), items in notes.items() if items]
+
+
+def _size_text(sizes: pd.DataFrame) -> str:
+    unique = sizes.drop_duplicates()
+    if len(unique) == 1:
+        return f"{int(unique.iloc[0, 0])}×{int(unique.iloc[0, 1])}"
+    by_area = unique.assign(area=unique.iloc[:, 0] * unique.iloc[:, 1]).sort_values("area", kind="mergesort")
+    small, large = by_area.iloc[0], by_area.iloc[-1]
+    return f"{len(unique)} sizes, {int(small.iloc[0])}×{int(small.iloc[1])} to {int(large.iloc[0])}×{int(large.iloc[1])}"
+
+
+def describe_datasets(frame: pd.DataFrame, sources: dict[str, str] | None = None,
+                      labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per dataset of a study's rows: what it is (``sources``: the config's description
+    of each), how many items (images, or clips), their size, the frames per clip, and which
+    methods ran on it (by label). Made from the rows, so it says what was measured."""
+    rows = []
+    frame = frame[frame["level"].isin(RD_LEVELS)] if "level" in frame.columns else frame
+    for dataset, part in frame.groupby("dataset", sort=True):
+        human = part[~part["method"].str.contains("@", regex=False)]
+        video = "level" in part.columns and bool((part["level"] == "clip").any())
+        items = human.drop_duplicates("item")
+        frames = sorted({int(f) for f in items["frames"].dropna()}) if video and "frames" in items.columns else []
+        methods = sorted(human["method"].unique())
+        rows.append({
+            "dataset": dataset,
+            "source": (sources or {}).get(dataset, ""),
+            "kind": "video (clips)" if video else "images",
+            "items": int(len(items)),
+            "size": _size_text(items[["width", "height"]]) if len(items) else "",
+            "frames per clip": ", ".join(map(str, frames)) if video else "",
+            "methods": ", ".join((labels or {}).get(m, m) for m in methods),
+        })
+    return pd.DataFrame(rows, columns=["dataset", "source", "kind", "items", "size", "frames per clip", "methods"])
 
 
 def metric_definitions(frame: pd.DataFrame, dataset_table: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -732,13 +862,15 @@ def task_table(bd_table: pd.DataFrame) -> pd.DataFrame:
 
 def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str, interpolation: str = "akima",
                   dataset_table: pd.DataFrame | None = None, notice: str | None = None,
-                  external: pd.DataFrame | None = None):
+                  external: pd.DataFrame | None = None, dataset_sources: dict[str, str] | None = None):
     """Summary, BD-rate table (CSV and HTML) and one RD plot per RD column of the measured metrics.
     ``external`` published curves join the summary (``source`` says where they come from), the
-    plots (dotted) and the BD-rate table.
+    plots (dotted) and the BD-rate table. ``datasets.csv``/``.html`` describe each dataset
+    (``dataset_sources``: the config's words for where it comes from).
 
     Returns (summary, BD-rate table, notes); the notes also head the HTML tables."""
     out = Path(outdir)
+    labels = method_labels(frame)
     summary = summarize(frame, dataset_table=dataset_table)
     notes = study_notes(summary) + encoder_notes(frame)
     if external is not None and len(external):
@@ -750,18 +882,22 @@ def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str
         notes.append(f"external curves (published, not measured by this study): {', '.join(sorted(set(external['method'])))}")
     text = "; ".join(([notice] if notice else []) + notes)
     write_table(summary, out / "summary.csv", notice=notice)
-    write_table(summary, out / "summary.html", notice=text)
+    write_table(summary, out / "summary.html", notice=text, labels=labels)
     # Per-item rows: the BD-rate keeps the items ok at every rate point of method and anchor.
     table = bd_rate_table(frame, anchor, interpolation=interpolation, dataset_table=dataset_table, external=external)
     write_table(table, out / "bdrate.csv", notice=notice)
-    write_table(table, out / "bdrate.html", notice=text)
+    write_table(table, out / "bdrate.html", notice=text, labels=labels)
     tasks = task_table(table)
     write_table(tasks, out / "task_bdrate.csv", notice=notice)
     write_table(tasks, out / "task_bdrate.html", notice="; ".join(
-        [text, "task columns from the machine decode (task_rows), PSNR from the decode for viewing"]))
+        [text, "task columns from the machine decode (task_rows), PSNR from the decode for viewing"]), labels=labels)
     write_table(metric_definitions(frame, dataset_table), out / "metric_definitions.html")
+    datasets = describe_datasets(frame, dataset_sources, labels)
+    write_table(datasets, out / "datasets.csv")
+    write_table(datasets, out / "datasets.html")
     plots = out / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)
     for column in rd_columns(summary):
-        plot_rd(summary, [plots / f"{column}.png", plots / f"{column}.svg"], metric=column, anchor=anchor)
+        plot_rd(summary, [plots / f"{column}.png", plots / f"{column}.svg"], metric=column, anchor=anchor,
+                labels=labels)
     return summary, table, notes

@@ -36,6 +36,16 @@ class EncodeResult:
     reconstruction: np.ndarray | None
 
 
+#: Training steps per item from which an overfitted or INR codec's run counts as paper-like (the
+#: papers train 10^4-10^5 per image or clip); below it the method's label says "demo".
+PAPER_BUDGET_ITERATIONS = 10_000
+
+
+def training_budget_tags(iterations: int) -> tuple[str, ...]:
+    """Label tags of a per-item trained codec: its budget, marked demo below the paper-like one."""
+    return (f"{iterations} it, demo",) if iterations < PAPER_BUDGET_ITERATIONS else (f"{iterations} it",)
+
+
 class Codec(ABC):
     """A compression method: image in, self-describing bitstream out, and back.
 
@@ -111,6 +121,11 @@ class Codec(ABC):
     def version(self) -> str:
         """Version string of the underlying library or tool, recorded with every result row."""
         return "unknown"
+
+    def label_tags(self) -> tuple[str, ...]:
+        """What changes the meaning of this method's results, shown beside its name in plots and
+        tables: a demo-sized training budget, intra or inter coding, the chroma format."""
+        return ()
 
     def job_needs(self) -> tuple[bool, int, int]:
         """(GPU wanted, memory floor in MB, runtime floor in minutes) of this codec's jobs with its

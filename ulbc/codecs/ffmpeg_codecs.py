@@ -196,6 +196,9 @@ class _FfmpegIntraCodec(FfmpegTool, Codec):
         """ffmpeg output options that select and tune the encoder for ``rate``."""
 
     # -- description -------------------------------------------------------------------------------
+    def label_tags(self):
+        return ("intra", "4:4:4")
+
     def version(self) -> str:
         exe = _ffmpeg_exe()
         if exe is None:

@@ -121,6 +121,9 @@ class MISC(Codec):
         self.generator = get_generator(self.options["generator"], _stage_options(self.options["generator_options"]))
         self._captioner = None
 
+    def label_tags(self):
+        return (self.generator.tag,) if self.generator.tag else ()
+
     # -- stages ---------------------------------------------------------------------------------------
     @property
     def base(self) -> Codec:

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError, EncodeError
-from .base import Option, PayloadResult, VideoCodec, torch_and_constriction_missing
+from .base import Option, PayloadResult, VideoCodec, torch_and_constriction_missing, training_budget_tags
 from . import register_codec
 
 #: Values of :data:`ulbc.nerv.model.WEIGHT_INITS`, :data:`ulbc.nerv.arch.HEAD_KERNELS` and
@@ -85,6 +85,9 @@ class _NeRVCodec(VideoCodec):
     @classmethod
     def availability(cls) -> str | None:
         return torch_and_constriction_missing()
+
+    def label_tags(self):
+        return training_budget_tags(self.options["iterations"])
 
     def version(self) -> str:
         import torch

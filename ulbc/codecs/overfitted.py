@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, EncodeError
 from ..overfit import DECODER_ENV, DECODERS
-from .base import Codec, Option, PayloadResult
+from .base import Codec, Option, PayloadResult, training_budget_tags
 from . import register_codec
 
 
@@ -95,6 +95,9 @@ class _OverfittedCodec(Codec):
             self.train_config()
         except ConfigError as exc:
             raise ConfigError(f"codec {self.name!r}: {exc}") from None
+
+    def label_tags(self):
+        return training_budget_tags(self.options["iterations"])
 
     @classmethod
     def availability(cls) -> str | None:

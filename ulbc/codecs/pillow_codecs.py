@@ -83,6 +83,9 @@ class JpegCodec(_PillowCodec):
     def save_kwargs(self, rate, width, height):
         return {"quality": int(rate), "subsampling": self.options["subsampling"], "optimize": bool(self.options["optimize"])}
 
+    def label_tags(self):
+        return (self.options["subsampling"],)
+
 
 @register_codec
 class WebpCodec(_PillowCodec):
@@ -99,6 +102,9 @@ class WebpCodec(_PillowCodec):
 
     def save_kwargs(self, rate, width, height):
         return {"quality": int(rate), "method": int(self.options["method"]), "lossless": False, "exact": False}
+
+    def label_tags(self):
+        return ("4:2:0",)  # lossy WebP (VP8) has no other chroma format
 
 
 @register_codec
@@ -118,6 +124,9 @@ class AvifCodec(_PillowCodec):
         # One thread by default: libaom's output then does not depend on the machine's core count.
         "max_threads": Option(1, "int", low=1, help="encoder threads"),
     }
+
+    def label_tags(self):
+        return (self.options["subsampling"],)
 
     def save_kwargs(self, rate, width, height):
         return {

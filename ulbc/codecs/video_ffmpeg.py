@@ -157,6 +157,10 @@ class _FfmpegVideoCodec(_ff.FfmpegTool, VideoCodec):
         return stream, {}
 
     # -- description -------------------------------------------------------------------------------
+    def label_tags(self):
+        chroma = {"yuv420p": "4:2:0", "yuv444p": "4:4:4"}[self.options["pix_fmt"]]
+        return ("intra" if self.options["keyint"] == 1 else "inter", chroma)
+
     def version(self) -> str:
         exe = _ff._ffmpeg_exe()
         if exe is None:

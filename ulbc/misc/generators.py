@@ -64,6 +64,8 @@ class Generator(ABC):
     needs_gpu: ClassVar[bool] = False
     #: What a reader of the results must know about this decoder (the study's notes say it).
     note: ClassVar[str] = ""
+    #: A short form of the note for the method's label in plots and tables ("" when none is needed).
+    tag: ClassVar[str] = ""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
@@ -113,6 +115,7 @@ class Upscale(Generator):
     generator_id = 1
     settings_bytes = 1
     note = "decoded by up-sampling the base image, without MISC's generative model: a lower bound"
+    tag = "upscale, lower bound"
     option_specs = {"resample": Option("bicubic", "choice", choices=_RESAMPLING, help="up-sampling filter (PIL)")}
 
     def settings(self) -> bytes:

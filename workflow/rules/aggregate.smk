@@ -77,6 +77,13 @@ rule analyse:
             category="Tables",
             labels={"table": "task BD-rate (ICIP 2024 Table 1 layout)"},
         ),
+        datasets=f"{RESULTS}/datasets.csv",
+        datasets_html=report(
+            f"{RESULTS}/datasets.html",
+            caption="../report/datasets.rst",
+            category="Tables",
+            labels={"table": "datasets"},
+        ),
         metric_definitions=report(
             f"{RESULTS}/metric_definitions.html",
             caption="../report/metric_definitions.rst",
@@ -94,6 +101,7 @@ rule analyse:
     log:
         f"{LOGS}/analyse.log",
     params:
+        sources=shlex.quote(json.dumps({name: describe_source(entry) for name, entry in config["datasets"].items()})),
         anchor=config["anchor"],
         interpolation=config["bd_interpolation"],
         dataset_metrics=lambda wc, input: (
@@ -106,8 +114,36 @@ rule analyse:
     localrule: True
     shell:
         "{ULBC} analyse {input.metrics} {params.dataset_metrics} {params.references} --outdir {RESULTS} "
+        "--dataset-sources {params.sources} "
         "--anchor {params.anchor} "
         "--interpolation {params.interpolation} > {log} 2>&1"
+
+
+# Decoded crops side by side (one page per dataset), from the packs of the bitstreams shown.
+rule visual_comparison:
+    input:
+        metrics=f"{RESULTS}/metrics.parquet",
+        packs=lambda wc: shard_results(wc, folder="bitstreams", suffix="zip"),
+    output:
+        report(
+            directory(f"{RESULTS}/comparison"),
+            patterns=["{dataset}.html"],
+            caption="../report/comparison.rst",
+            category="Visual comparison",
+            labels={"dataset": "{dataset}"},
+        ),
+    log:
+        f"{LOGS}/visual_comparison.log",
+    params:
+        targets=" ".join(str(t) for t in config["visual"]["target_bpp"]),
+        code=lambda wc: study_code_digests(),
+    resources:
+        mem_mb=4000,
+    shell:
+        "{ULBC} visual-comparison {input.metrics} --results {RESULTS} --items-per-job {ITEMS_PER_JOB} "
+        "--outdir {output} --items {config[visual][items]} --select {config[visual][select]} "
+        "--target-bpp {params.targets} --crop {config[visual][crop]} --frames {config[visual][frames]} "
+        "--anchor {config[anchor]} --device {config[device]} > {log} 2>&1"
 
 
 rule run_manifest:

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 import ulbc
 from ulbc.clips import is_video_entry
 from ulbc.config import check_study, dataset_metric_options, study_weight_names
+from ulbc.datasets import describe_source
 from ulbc.errors import UlbcError
 from ulbc.manifest import num_shards, shard_name
 from ulbc.metrics import metric_class
@@ -189,6 +190,8 @@ def final_outputs():
         *dataset_metrics_table(),
         f"{RESULTS}/summary.csv",
         f"{RESULTS}/bdrate.csv",
+        f"{RESULTS}/datasets.csv",
         f"{RESULTS}/rd",
+        f"{RESULTS}/comparison",
         f"{RESULTS}/run_manifest.json",
     ]
