@@ -8,10 +8,13 @@ STUDY ?= demo
 
 .PHONY: run test install system-deps clean
 
+# The study's wall time (install excluded) is printed at the end.
 run: install
-	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/snakemake --cores $(CORES) --report results/$(STUDY)/report.html
-	@echo "results: results/$(STUDY)/ (metrics.parquet, bdrate.csv, rd/<metric>.png, report.html)"
+	@start=$$(date +%s); \
+	$(BIN)/snakemake --cores $(CORES) && \
+	$(BIN)/snakemake --cores $(CORES) --report results/$(STUDY)/report.html && \
+	echo "results: results/$(STUDY)/ (metrics.parquet, bdrate.html, rd/<metric>.png, comparison/, report.html)" && \
+	echo "make run: the study took $$(( $$(date +%s) - start )) s (install excluded)"
 
 test: install
 	$(BIN)/pytest -q

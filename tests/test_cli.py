@@ -85,3 +85,43 @@ def test_decode_threads_option(tmp_path, photo):
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes() == (tmp_path / "fast.png").read_bytes()
     proc = ulbc("decode", tmp_path / "a.ulb", tmp_path / "x.png", "--threads", 0, check=False)
     assert proc.returncode == 2 and "expected a positive integer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_option_has_help_and_stages_are_listed_apart():
+    import argparse
+
+    from ulbc.cli import WORKFLOW_STAGES, build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, subparser in action.choices.items():
+                    walk(subparser, f"{path} {name}")
+            elif not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "ulbc")
+    assert not missing, missing
+    text = ulbc("--help").stdout
+    user, stages = text.split("workflow stages")
+    assert "  encode " in user and "  bdrate " in user and "encode-shard" not in user
+    assert all(f"  {stage} " in stages for stage in WORKFLOW_STAGES)
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_metric_and_codec_listings_are_readable():
+    from ulbc.metrics import METRICS
+
+    text = ulbc("metrics", "-v").stdout
+    assert max(len(line) for line in text.splitlines()) <= 100
+    # Every column named is a column of the tables, with its direction and whether it is BD-rated.
+    for cls in METRICS.values():
+        for column in (*cls.columns, *cls.derived):
+            assert f"{column.name}  " in text and column.label in " ".join(text.split())
+    assert "mean over the ok items of a rate point" in text
+    codecs = ulbc("codecs", "-v").stdout
+    assert max(len(line) for line in codecs.splitlines()) <= 100
+    assert "options (default: accepted values; meaning):" in codecs
+    assert ulbc("codecs").stdout.splitlines()[0].startswith("codec")

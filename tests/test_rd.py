@@ -282,6 +282,27 @@ def test_plots_are_written(study, tmp_path):
     _check_images(log_paths)
 
 
+def test_log_rate_axis_where_the_rates_need_it_and_readable_titles(study, tmp_path):
+    from ulbc.rd import item_spread, wants_log_rate
+
+    assert not wants_log_rate(np.array(ANCHOR_BPP))  # 0.2..1.6: linear
+    assert wants_log_rate(np.array([0.02, 0.04, 0.3]))  # ultra-low rates
+    assert wants_log_rate(np.array([0.2, 5.0]))  # a span of 25x
+    assert not wants_log_rate(np.array([np.nan, 0.0]))
+    low = study.assign(bpp=study["bpp"] / 20)
+    paths = [tmp_path / "rd.png", tmp_path / "rd.svg"]
+    spread = item_spread(low, "psnr_rgb")
+    # The two items of each rate point are 1 dB either side of its mean: the 10-90 % bar spans 1.6 dB.
+    assert ((spread["high"] - spread["low"]).round(6) == 1.6).all() and len(spread) == 7 * 4
+    plot_rd(summarize(low), paths, metric="psnr_rgb", anchor="jpeg", spread=spread)
+    svg = paths[1].read_text()
+    # Matplotlib writes titles and labels as SVG comments of their text.
+    assert "kodak: PSNR" in svg and "(higher is better)" in svg and "log scale" in svg
+    assert "psnr_rgb vs bpp" not in svg
+    plot_rd(summarize(study), paths, metric="psnr_rgb", anchor="jpeg")
+    assert "log scale" not in paths[1].read_text()
+
+
 def test_plot_single_point_and_all_nan_metric(tmp_path):
     summary = summarize(frame([row(ms_ssim_rgb=math.nan)]))
     paths = [tmp_path / "one.png", tmp_path / "one.svg"]

@@ -279,20 +279,22 @@ def test_end_to_end_matches_local_run(tmp_path, photo, capsys):
     text, run_id = run_snakemake(tmp_path / "slurm", config)
     slurm_s = time.monotonic() - start
     assert run_id, text[-3000:]
-    rows = settled_sacct_rows(run_id, expect_at_least=5)
+    rows = settled_sacct_rows(run_id, expect_at_least=6)
     show(capsys, f"sacct for SLURM run {run_id} ({slurm_s:.0f} s)", sacct_lines(rows))
 
     # Jobs went through SLURM, to the partition and account the CI profile names.
     assert rows and all(r["State"] == "COMPLETED" for r in rows), sacct_lines(rows)
     assert {(r["Partition"], r["Account"]) for r in rows} == {(PARTITION, ACCOUNT)}
     # Grouping: exactly one SLURM job per (method, rate point, shard) and no per-rule shard jobs;
-    # the other SLURM job is the aggregation (manifest, analyse, run_manifest are local rules).
+    # the other SLURM jobs are the aggregation and the visual comparison, which decodes the bitstreams
+    # it shows (manifest, analyse, run_manifest are local rules).
     rules = group_rules()
     shard_jobs = [r for r in rows if r["Comment"].startswith("rule_shard_")]
     assert sorted(r["shard"] for r in shard_jobs) == sorted(
         f"{m}/quality50/{s:05d}" for m in methods for s in range(2)
     ), sacct_lines(rows)
-    assert [r["Comment"] for r in rows if r not in shard_jobs] == ["rule_aggregate"], sacct_lines(rows)
+    assert sorted(r["Comment"] for r in rows if r not in shard_jobs) == [
+        "rule_aggregate", "rule_visual_comparison"], sacct_lines(rows)
     for job in shard_jobs:
         assert all(rule in job["Comment"] for rule in rules), job["Comment"]
         # The group's time limit is the sum of its rules' runtimes (5 min each, from the study's

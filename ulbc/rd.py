@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
-from .fsutil import atomic_path
+from .fsutil import atomic_path, write_bytes_atomic
 from .metrics import METRICS, all_columns, read_metric_info
 from .schema import ENCODER_RATE_COLUMNS, RD_LEVELS, target_method
 
@@ -532,7 +532,7 @@ def bd_rate_table(
     return result
 
 
-def _save_figure(fig, out_paths: Sequence[str | os.PathLike]) -> None:
+def save_figure(fig, out_paths: Sequence[str | os.PathLike]) -> None:
     for dest in out_paths:
         fmt = Path(dest).suffix.lower().lstrip(".")
         if fmt not in ("png", "svg", "pdf"):
@@ -543,18 +543,57 @@ def _save_figure(fig, out_paths: Sequence[str | os.PathLike]) -> None:
             fig.savefig(tmp, format=fmt, dpi=150, metadata=meta, bbox_inches="tight")
 
 
+#: A panel's rate axis is logarithmic when its lowest rate is under this many bpp (the ultra-low
+#: range would be a tangle on a linear axis) or its rates span more than this factor.
+LOG_RATE_BELOW = 0.1
+LOG_RATE_SPAN = 20.0
+
+
+def wants_log_rate(rates: np.ndarray) -> bool:
+    rates = rates[np.isfinite(rates) & (rates > 0)]
+    if not len(rates):
+        return False
+    return bool(rates.min() < LOG_RATE_BELOW or rates.max() / rates.min() > LOG_RATE_SPAN)
+
+
+SPREAD_QUANTILES = (0.1, 0.9)
+
+
+def item_spread(rows: pd.DataFrame, metric: str, rate: str = "bpp") -> pd.DataFrame:
+    """Per (dataset, method, rate point): the mean ``rate`` and the 10th and 90th percentiles of
+    ``metric`` over the ok image and clip rows, for the bars of :func:`plot_rd`. Empty where the
+    rows have no such per-item column (dataset-level metrics)."""
+    columns = ["dataset", "method", "rate_label", "rate", "low", "high"]
+    if metric not in rows.columns or rate not in rows.columns:
+        return pd.DataFrame(columns=columns)
+    ok = rows[rows["status"].eq("ok").fillna(False).astype(bool)]
+    if "level" in ok.columns:
+        ok = ok[ok["level"].isin(RD_LEVELS) | ok["level"].isna()]
+    values = ok[metric].astype("float64")
+    ok = ok.assign(_q=values.where(np.isfinite(values)))
+    grouped = ok.groupby(["dataset", "method", "rate_label"], sort=False)
+    low, high = SPREAD_QUANTILES
+    out = pd.DataFrame({"rate": grouped[rate].mean(), "low": grouped["_q"].quantile(low),
+                        "high": grouped["_q"].quantile(high)}).reset_index()
+    return out[columns].dropna(subset=["low", "high"])
+
+
 def plot_rd(
     summary: pd.DataFrame,
     out_paths: Sequence[str | os.PathLike],
     *,
     metric: str = "psnr_rgb",
     anchor: str | None = None,
-    log_x: bool = False,
+    log_x: bool | None = None,
     rate: str = "bpp",
     labels: dict[str, str] | None = None,
+    spread: pd.DataFrame | None = None,
 ) -> None:
     """RD curves, one panel per dataset and one line per method; the anchor is black and dashed.
     ``labels`` name the methods in the legend (:func:`method_labels`; default: the method names).
+    ``log_x`` None picks a log rate axis per panel where its rates need one (:func:`wants_log_rate`).
+    ``spread`` (:func:`item_spread`) draws each rate point's 10th–90th percentile of the metric over
+    the items as a faint vertical bar.
 
     Uses matplotlib's object API with the Agg canvas (no pyplot state), so it runs headless and in
     worker threads. Rate points with failed items are plotted from their ok items and the method's
@@ -586,11 +625,12 @@ def plot_rd(
         if anchor in methods:
             methods = [anchor] + [m for m in methods if m != anchor]
         drawn = 0
+        panel_log = wants_log_rate(part[rate].to_numpy(dtype="float64")) if log_x is None else log_x
         for method in methods:
             pts = part[part["method"] == method]
             x = pts[rate].to_numpy(dtype="float64")
             y = pts[metric].to_numpy(dtype="float64")
-            keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
+            keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if panel_log else True)
             if not keep.any():
                 continue
             order = np.argsort(x[keep], kind="mergesort")
@@ -606,21 +646,25 @@ def plot_rd(
                 label += " (external, published)"
                 style["linestyle"] = ":"
             ax.plot(x[keep][order], y[keep][order], marker="o", markersize=4, linewidth=1.4, label=label, **style)
+            if spread is not None and len(spread):
+                bars = spread[(spread["dataset"] == dataset) & (spread["method"] == method)]
+                bars = bars[np.isfinite(bars["rate"]) & (bars["rate"] > 0 if panel_log else True)]
+                ax.vlines(bars["rate"], bars["low"], bars["high"], color=style["color"], alpha=0.3, linewidth=3)
             drawn += 1
         if drawn:
-            if log_x:
+            if panel_log:
                 ax.set_xscale("log")
             ax.legend(fontsize="small", loc="best")
             ax.grid(True, which="both", alpha=0.3)
         else:
             ax.text(0.5, 0.5, f"no finite {metric} values", ha="center", va="center", transform=ax.transAxes)
-        better = " (lower is better)" if _lower_is_better(metric) else ""
-        ax.set_title(f"{dataset if dataset is not None else 'no results'}: {metric} vs {rate}{better}")
-        ax.set_xlabel(x_label)
+        better = "lower is better" if _lower_is_better(metric) else "higher is better"
+        ax.set_title(f"{dataset if dataset is not None else 'no results'}: {y_label} ({better})", fontsize="medium")
+        ax.set_xlabel(x_label + (", log scale" if drawn and panel_log else ""))
         ax.set_ylabel(y_label)
     for ax in axes[len(datasets):]:
         ax.set_visible(False)
-    _save_figure(fig, out_paths)
+    save_figure(fig, out_paths)
 
 
 def _html_float(value: float) -> str:
@@ -638,8 +682,9 @@ def _html_bd(value: float) -> str:
 
 
 THIN_MARK = "†"
-THIN_FOOTNOTE = (f"{THIN_MARK} greyed: a curve of fewer than {THIN_MIN_POINTS} points, or under "
-                 f"{100 * THIN_OVERLAP:.0f} % quality overlap with the anchor; an indication, not a number to quote")
+THIN_REASON = (f"a curve of fewer than {THIN_MIN_POINTS} points, or under {100 * THIN_OVERLAP:.0f} % quality "
+               "overlap with the anchor; an indication, not a number to quote")
+THIN_FOOTNOTE = f"{THIN_MARK} greyed: {THIN_REASON}"
 
 
 def _html_cell(value) -> str:
@@ -863,12 +908,16 @@ def task_table(bd_table: pd.DataFrame) -> pd.DataFrame:
 def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str, interpolation: str = "akima",
                   dataset_table: pd.DataFrame | None = None, notice: str | None = None,
                   external: pd.DataFrame | None = None, dataset_sources: dict[str, str] | None = None):
-    """Summary, BD-rate table (CSV and HTML) and one RD plot per RD column of the measured metrics.
+    """Summary, BD-rate table (CSV and HTML), one RD plot per RD column of the measured metrics and
+    the cost figures (:mod:`ulbc.costplots`).
     ``external`` published curves join the summary (``source`` says where they come from), the
     plots (dotted) and the BD-rate table. ``datasets.csv``/``.html`` describe each dataset
     (``dataset_sources``: the config's words for where it comes from).
 
     Returns (summary, BD-rate table, notes); the notes also head the HTML tables."""
+    from .costplots import COST_DIR, write_cost_plots
+    from .tables import bd_rate_html, summary_html
+
     out = Path(outdir)
     labels = method_labels(frame)
     summary = summarize(frame, dataset_table=dataset_table)
@@ -882,11 +931,11 @@ def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str
         notes.append(f"external curves (published, not measured by this study): {', '.join(sorted(set(external['method'])))}")
     text = "; ".join(([notice] if notice else []) + notes)
     write_table(summary, out / "summary.csv", notice=notice)
-    write_table(summary, out / "summary.html", notice=text, labels=labels)
+    write_bytes_atomic(out / "summary.html", summary_html(summary, labels, rows=frame, notice=text or None).encode())
     # Per-item rows: the BD-rate keeps the items ok at every rate point of method and anchor.
     table = bd_rate_table(frame, anchor, interpolation=interpolation, dataset_table=dataset_table, external=external)
     write_table(table, out / "bdrate.csv", notice=notice)
-    write_table(table, out / "bdrate.html", notice=text, labels=labels)
+    write_bytes_atomic(out / "bdrate.html", bd_rate_html(table, labels, notice=text or None).encode())
     tasks = task_table(table)
     write_table(tasks, out / "task_bdrate.csv", notice=notice)
     write_table(tasks, out / "task_bdrate.html", notice="; ".join(
@@ -895,9 +944,10 @@ def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str
     datasets = describe_datasets(frame, dataset_sources, labels)
     write_table(datasets, out / "datasets.csv")
     write_table(datasets, out / "datasets.html")
+    write_cost_plots(frame, table, out / COST_DIR, labels=labels)
     plots = out / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)
     for column in rd_columns(summary):
         plot_rd(summary, [plots / f"{column}.png", plots / f"{column}.svg"], metric=column, anchor=anchor,
-                labels=labels)
+                labels=labels, spread=item_spread(frame, column))
     return summary, table, notes

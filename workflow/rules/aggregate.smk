@@ -6,6 +6,8 @@
 rule weights:
     output:
         WEIGHTS_RECORD,
+    message:
+        "verify the weight files of the study's metrics"
     log:
         f"{LOGS}/weights.log",
     params:
@@ -22,6 +24,8 @@ rule dataset_metrics:
         feature_results,
     output:
         f"{RESULTS}/dataset_metrics.parquet",
+    message:
+        "dataset-level metrics (FID, KID) per rate point"
     log:
         f"{LOGS}/dataset_metrics.log",
     params:
@@ -37,6 +41,8 @@ rule aggregate:
         shard_results,
     output:
         f"{RESULTS}/metrics.parquet",
+    message:
+        "gather the shard rows into metrics.parquet"
     log:
         f"{LOGS}/aggregate.log",
     params:
@@ -98,6 +104,16 @@ rule analyse:
             category="RD curves",
             labels={"metric": "{column}"},
         ),
+        # Time against rate; for codecs that report them, the rate split and MACs per pixel.
+        cost=report(
+            directory(f"{RESULTS}/cost"),
+            patterns=["{figure}.png"],
+            caption="../report/cost.rst",
+            category="Cost",
+            labels={"figure": "{figure}"},
+        ),
+    message:
+        "tables and plots: summary, BD-rates, RD curves, costs"
     log:
         f"{LOGS}/analyse.log",
     params:
@@ -132,6 +148,8 @@ rule visual_comparison:
             category="Visual comparison",
             labels={"dataset": "{dataset}"},
         ),
+    message:
+        "visual comparison: decode the shown bitstreams, crop, FLIP maps"
     log:
         f"{LOGS}/visual_comparison.log",
     params:
@@ -153,6 +171,8 @@ rule run_manifest:
             caption="../report/run_manifest.rst",
             category="Provenance",
         ),
+    message:
+        "provenance record of the run"
     params:
         # A params change re-runs the rule (rerun-triggers), so the record follows the config.
         config_hash=config_hash(config),

@@ -11,6 +11,8 @@ rule encode_shard:
     output:
         pack=f"{RESULTS}/bitstreams/{SHARD_DIR}.zip",
         log=f"{RESULTS}/work/{SHARD_DIR}.encode.parquet",
+    message:
+        "encode {wildcards.dataset} with {wildcards.method} at {wildcards.rate}, shard {wildcards.shard}"
     log:
         f"{LOGS}/encode/{SHARD_DIR}.log",
     params:
@@ -37,6 +39,8 @@ rule evaluate_shard:
     output:
         rows=f"{RESULTS}/shards/{SHARD_DIR}.parquet",
         **features_output(),
+    message:
+        "decode and measure {wildcards.dataset} / {wildcards.method} / {wildcards.rate}, shard {wildcards.shard}"
     log:
         f"{LOGS}/evaluate/{SHARD_DIR}.log",
     params:

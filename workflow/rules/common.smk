@@ -192,6 +192,7 @@ def final_outputs():
         f"{RESULTS}/bdrate.csv",
         f"{RESULTS}/datasets.csv",
         f"{RESULTS}/rd",
+        f"{RESULTS}/cost",
         f"{RESULTS}/comparison",
         f"{RESULTS}/run_manifest.json",
     ]

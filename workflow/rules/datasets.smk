@@ -4,6 +4,8 @@
 rule fetch_dataset:
     output:
         f"{DATASETS_DIR}/{{source}}/.ulbc-fetched",
+    message:
+        "fetch dataset {wildcards.source}"
     log:
         f"logs/fetch/{{source}}.log",
     params:
@@ -28,6 +30,8 @@ rule extract_frames:
         dataset_fetch_marker,
     output:
         f"{RESULTS}/frames/{{dataset}}/.ulbc-frames.json",
+    message:
+        "extract the frames of {wildcards.dataset}"
     log:
         f"{LOGS}/frames/{{dataset}}.log",
     params:
@@ -49,6 +53,8 @@ checkpoint manifest:
     output:
         images=f"{RESULTS}/manifests/{{dataset}}.parquet",
         clips=f"{RESULTS}/manifests/{{dataset}}.clips.parquet",
+    message:
+        "manifest of {wildcards.dataset}"
     log:
         f"{LOGS}/manifest/{{dataset}}.log",
     params:
