@@ -187,3 +187,38 @@ def test_frames_of_one_clip_must_share_a_size(tmp_path):
                    progress=False)
     with pytest.raises(InputError, match="differ in size"):
         build_clip_manifest(tmp_path / "v.parquet", tmp_path / "v.clips.parquet")
+
+
+def test_max_side_downscales_into_png_originals(images, tmp_path):
+    import json
+
+    from ulbc.cli import main
+
+    root, _ = images
+    out = tmp_path / "m.parquet"
+    source = json.dumps({"source": "local", "path": str(root), "max_side": 10})
+    assert main(["manifest", "--dataset", "d", "--source", source, "--datasets-dir", str(tmp_path),
+                 "--images-dir", str(tmp_path / "small"), "--out", str(out)]) in (0, None)
+    frame, new_root, _ = read_manifest(out)
+    assert new_root == (tmp_path / "small").resolve()
+    sizes = {row.item: (row.path, row.width, row.height, row.mode) for row in frame.itertuples()}
+    # Longer side at most 10, aspect ratio kept; 9x7 was small enough and keeps its size; all RGB PNG.
+    assert sizes == {"zeta": ("zeta.png", 10, 8, "RGB"), "alpha": ("alpha.png", 9, 7, "RGB"),
+                     "sub/mid": ("sub/mid.png", 5, 10, "RGB"), "beta": ("beta.png", 10, 5, "RGB")}
+    small = np.asarray(Image.open(new_root / "alpha.png"))
+    original = np.asarray(Image.open(root / "alpha.png").convert("RGB"))
+    assert np.array_equal(small, original)  # unscaled items are the same pixels
+
+
+def test_max_side_names_clashing_items_and_refuses_video(tmp_path):
+    from ulbc.config import check_study, validate_with_schema
+    from ulbc.datasets import downscale_items
+
+    save(tmp_path / "a.png", "RGB", (8, 8))
+    save(tmp_path / "a.jpg", "RGB", (8, 8))
+    with pytest.raises(ConfigError, match="would both become"):
+        downscale_items(tmp_path, ["a.jpg", "a.png"], 4, tmp_path / "out")
+    config = validate_with_schema({"datasets": {"v": {"source": "sample-clip", "max_side": 64}},
+                                   "methods": {"jpeg": {}}, "anchor": "jpeg"})
+    with pytest.raises(ConfigError, match="datasets.v: max_side is for image datasets"):
+        check_study(config)

@@ -40,6 +40,11 @@ def test_sections_are_per_dataset_sorted_without_the_anchor_row():
     # "far" has a note, numbered once and referred to by number.
     far = kodak.rows[-1]
     assert far.notes and all("no quality overlap" in kodak.notes[n - 1] for n in far.notes[:1])
+    # A note that several metrics share is one footnote, cited once by the row.
+    shared = table.copy()
+    shared.loc[shared["method"] == "far", "note"] = "rate overlap only 6%; psnr: no overlap; rate overlap only 6%"
+    row = next(r for r in bd_sections(shared, {})[1].rows if r.method == "far")
+    assert len(row.notes) == len(set(row.notes)) == 2
 
 
 def test_text_fits_the_width_and_states_units_and_sign():

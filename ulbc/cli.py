@@ -378,6 +378,12 @@ def cmd_manifest(args) -> None:
             raise InputError(f"{args.frames_dir}: no frames were extracted")
     else:
         root, items = resolve_items(source, args.datasets_dir)
+        if source.get("max_side"):
+            from .datasets import downscale_items
+
+            if not args.images_dir:
+                raise ConfigError(f"dataset {args.dataset}: max_side needs --images-dir (where the downscaled images go)")
+            root, items = downscale_items(root, items, int(source["max_side"]), args.images_dir)
     frame = build_manifest(args.dataset, root, items, args.out, video=bool(args.frames_dir))
     report = {"manifest": str(args.out), "items": len(frame), "root": str(root)}
     if args.out_clips:
@@ -854,6 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets-dir", default="resources/datasets")
     p.add_argument("--out", required=True)
     p.add_argument("--frames-dir", help="a video dataset's extracted frames (from extract-frames)")
+    p.add_argument("--images-dir", help="where an image dataset with max_side gets its downscaled PNGs")
     p.add_argument("--out-clips", help="also write the clip manifest (what video codecs code)")
     p.set_defaults(func=cmd_manifest)
 

@@ -180,6 +180,9 @@ def check_study(config: dict) -> dict[str, MethodPlan]:
             known = ", ".join([*BUILTIN_SOURCES, SAMPLE_CLIP_SOURCE, *sorted(DATASETS)])
             raise ConfigError(f"datasets.{name}: unknown source {source!r}; known: {known}")
         if is_video_entry(entry):
+            if entry.get("max_side"):
+                raise ConfigError(f"datasets.{name}: max_side is for image datasets; a video dataset's frames "
+                                  "are resized with video.size")
             try:
                 frame_options(entry)
             except ConfigError as exc:

@@ -235,10 +235,12 @@ def describe_source(entry: Mapping[str, Any]) -> str:
         taken.append(f"every {video['step']}th")
     if video.get("size"):
         taken.append("resized to {}×{}".format(*video["size"]))
+    if entry.get("max_side"):
+        taken.append(f"downscaled to at most {entry['max_side']} px on the longer side")
     suffix = f" (taken: {', '.join(taken)})" if taken else ""
     if kind == "samples":
         return (f"{len(SAMPLE_FILES)} photos bundled with scikit-image ({', '.join(SAMPLE_FILES)}; "
-                "rocket.jpg is itself a JPEG)")
+                "rocket.jpg is itself a JPEG)" + suffix)
     if kind == "sample-clip":
         return "the clip bundled with ulbc: 8 frames of Intel libvpl's \"cars\", 320×240" + suffix
     if kind == "local":
@@ -455,3 +457,44 @@ def resolve_items(source: Mapping[str, Any], base_dir: str | os.PathLike) -> tup
     if not items:
         raise ConfigError(f"dataset {spec.name}: no files match {', '.join(spec.include)} under {root}")
     return root, items
+
+
+def downscaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) with the longer side at most ``max_side``, aspect ratio kept (rounded)."""
+    longer = max(width, height)
+    if longer <= max_side:
+        return width, height
+    scale = max_side / longer
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def downscale_items(root: str | os.PathLike, items: list[str], max_side: int,
+                    out_dir: str | os.PathLike) -> tuple[Path, list[str]]:
+    """Write every item as an 8-bit RGB PNG no larger than ``max_side`` on its longer side
+    (Lanczos) under ``out_dir``, keeping the relative paths (suffix ``.png``); returns the new
+    (root, items). Images already small enough are written unscaled, so one folder holds them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    from .imageio import load_rgb, save_png
+
+    root, out = Path(root), Path(out_dir)
+    targets: dict[str, str] = {}
+    for rel in items:
+        target = Path(rel).with_suffix(".png").as_posix()
+        if target in targets:
+            raise ConfigError(f"{root / rel} and {root / targets[target]} would both become {out / target}; rename one")
+        targets[target] = rel
+
+    def write(target: str) -> None:
+        rgb = load_rgb(root / targets[target])
+        size = downscaled_size(rgb.shape[1], rgb.shape[0], max_side)
+        if size != (rgb.shape[1], rgb.shape[0]):
+            rgb = np.asarray(Image.fromarray(rgb, "RGB").resize(size, Image.Resampling.LANCZOS))
+        save_png(rgb, out / target)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(write, sorted(targets)))
+    return out.resolve(), sorted(targets)

@@ -80,9 +80,10 @@ def _module_path(module: str) -> Path | None:
     return None
 
 
-def _imported_ulbc_modules(module: str, path: Path) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _imported_ulbc_modules(module: str, path: Path) -> frozenset[str]:
     """ulbc modules that ``module`` imports anywhere in its source (function-level imports too),
-    with their parent packages, which Python runs first."""
+    with their parent packages, which Python runs first. Cached: a job takes two digests."""
     tree = ast.parse(path.read_bytes(), str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
@@ -103,7 +104,7 @@ def _imported_ulbc_modules(module: str, path: Path) -> set[str]:
     for name in found:
         parts = name.split(".")
         with_parents.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {name for name in with_parents if _module_path(name) is not None}
+    return frozenset(name for name in with_parents if _module_path(name) is not None)
 
 
 #: Modules that only measure decoded images: they make a row's metric values, not its bitstream.

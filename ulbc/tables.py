@@ -76,7 +76,7 @@ def bd_sections(table: pd.DataFrame, labels: dict[str, str] | None = None) -> li
                 anchor_notes += parts
                 continue
             refs = []
-            for note in parts:
+            for note in dict.fromkeys(parts):  # a note shared by several metrics is cited once
                 if note not in notes:
                     notes.append(note)
                 refs.append(notes.index(note) + 1)

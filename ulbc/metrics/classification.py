@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import weights
 from ..options import Option
-from ..tasknets.classifiers import CLASSIFIERS, classifier_spec
+from ..tasknets.classifier_registry import CLASSIFIERS, classifier_spec
 from . import register_metric
 from .base import Column, Metric
 

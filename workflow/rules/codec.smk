@@ -20,6 +20,9 @@ rule encode_shard:
         # The codec's code (rerun-triggers compare params): changed code re-encodes its shards;
         # changed metrics do not (they re-run the evaluate jobs only).
         code=method_encode_digest,
+    # Methods that train per item (overfitted codecs, INRs) take the longest: started first, they
+    # do not leave one core alone at the end of a local run.
+    priority: lambda wc: 1 if plan(wc).uses_gpu else 0
     resources:
         mem_mb=lambda wc: plan(wc).mem_mb,
         runtime=lambda wc: plan(wc).runtime,

@@ -60,7 +60,13 @@ checkpoint manifest:
     params:
         source=lambda wc: json.dumps(config["datasets"][wc.dataset], sort_keys=True),
         frames=lambda wc: (
-            f"--frames-dir {RESULTS}/frames/{wc.dataset}" if VIDEO_DATASETS[wc.dataset] else ""
+            f"--frames-dir {RESULTS}/frames/{wc.dataset}"
+            if VIDEO_DATASETS[wc.dataset]
+            else (
+                f"--images-dir {RESULTS}/images/{wc.dataset}"
+                if config["datasets"][wc.dataset].get("max_side")
+                else ""
+            )
         ),
     localrule: True
     shell:
