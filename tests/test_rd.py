@@ -303,6 +303,22 @@ def test_log_rate_axis_where_the_rates_need_it_and_readable_titles(study, tmp_pa
     assert "log scale" not in paths[1].read_text()
 
 
+def test_per_item_curves_one_panel_per_item(study, tmp_path):
+    from ulbc.rd import plot_item_rd
+
+    rows = frame(curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR, items=6)
+                 + curve_rows("better", [0.8 * b for b in ANCHOR_BPP], ANCHOR_PSNR, items=6)
+                 + curve_rows("jpeg", ANCHOR_BPP, ANCHOR_PSNR, dataset="clic", items=2))
+    path = tmp_path / "items.svg"
+    assert plot_item_rd(rows, [path], metric="psnr_rgb", anchor="jpeg", items=4)
+    svg = path.read_text()
+    # kodak shows its first four items (of six), clic its two; each panel is titled by its item.
+    assert [f"kodak: img{i}" in svg for i in range(6)] == [True] * 4 + [False] * 2
+    assert "clic: img0" in svg and "clic: img1" in svg and "per item (higher is better)" in svg
+    assert not plot_item_rd(rows, [tmp_path / "none.svg"], metric="lpips")  # not measured: nothing written
+    assert not (tmp_path / "none.svg").exists()
+
+
 def test_plot_single_point_and_all_nan_metric(tmp_path):
     summary = summarize(frame([row(ms_ssim_rgb=math.nan)]))
     paths = [tmp_path / "one.png", tmp_path / "one.svg"]

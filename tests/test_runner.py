@@ -288,3 +288,15 @@ def test_a_batch_that_fails_as_a_whole_keeps_the_smaller_batches_results(tmp_pat
     assert table.column("status").to_pylist() == ["ok"] * 3
     assert batching_jpeg["calls"] == [3, 1, 2, 1, 1]
     assert "no item fails in a smaller batch" in capsys.readouterr().err
+
+
+def test_the_shard_runner_and_the_registries_load_without_torch():
+    """A classical codec's encode job must not pay for importing torch (seconds per job): the
+    runner, the row schema and the metric and codec registries import it only where it computes."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ulbc.runner, ulbc.schema, ulbc.metrics, ulbc.codecs; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

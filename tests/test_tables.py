@@ -45,6 +45,9 @@ def test_sections_are_per_dataset_sorted_without_the_anchor_row():
     shared.loc[shared["method"] == "far", "note"] = "rate overlap only 6%; psnr: no overlap; rate overlap only 6%"
     row = next(r for r in bd_sections(shared, {})[1].rows if r.method == "far")
     assert len(row.notes) == len(set(row.notes)) == 2
+    # Footnotes are numbered in reading order: the first cited number of each row only grows.
+    firsts = [r.notes[0] for r in kodak.rows if r.notes]
+    assert firsts == sorted(firsts) and firsts[0] == 1
 
 
 def test_text_fits_the_width_and_states_units_and_sign():
@@ -63,7 +66,7 @@ def test_text_fits_the_width_and_states_units_and_sign():
     lines = [line for line in kodak.splitlines() if line.startswith(("better", "worse", "three", "far", "jpeg "))]
     assert not any(line.startswith("jpeg ") for line in lines)
     assert lines[0].startswith("better") and "-20.00%" in lines[0]
-    assert re.search(r"^\[1\] .*no quality overlap", kodak, re.M)
+    assert re.search(r"^\[\d+\] .*no quality overlap", kodak, re.M)
     # Narrow terminals get more blocks of the same rows, never longer lines.
     narrow = bd_rate_text(table, width=60)
     assert narrow.count("\nbetter") > text.count("\nbetter")
@@ -77,7 +80,7 @@ def test_html_page_per_dataset_with_footnotes_and_thin_marks():
     kodak = page[page.index("<h2>kodak</h2>"):]
     assert kodak.index("better") < kodak.index("three (demo)") < kodak.index("worse") < kodak.index(">far<")
     assert "-20.00%" in kodak and "†" in kodak and 'class="thin"' in kodak
-    assert re.search(r"<ol class=\"ulbc-footnote\"><li>[^<]*no quality overlap", kodak)
+    assert re.search(r"<ol class=\"ulbc-footnote\">(<li>[^<]*</li>)*<li>[^<]*no quality overlap", kodak)
     assert "thin_" not in page and "interpolation</th>" not in page  # no repeated anchor/interpolation column
 
 

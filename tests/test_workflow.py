@@ -75,7 +75,7 @@ def test_end_to_end(tmp_path, photo):
     # Provenance in the Parquet metadata too.
     meta = table.schema.metadata
     assert b"ulbc.ulbc_version" in meta and b"ulbc.config_hash" in meta
-    for name in ("bdrate.csv", "bdrate.html", "summary.csv", "rd/psnr_rgb.png", "rd/psnr_rgb.svg", "rd/ms_ssim_db.png", "cost/time_vs_rate.png", "metric_definitions.html", "run_manifest.json"):
+    for name in ("bdrate.csv", "bdrate.html", "summary.csv", "rd/psnr_rgb.png", "rd/psnr_rgb.svg", "rd/ms_ssim_db.png", "cost/time_vs_rate.png", "rd_items/psnr_rgb.png", "metric_definitions.html", "run_manifest.json"):
         assert (out / name).stat().st_size > 0, name
     # Two shards per (method, rate): one pack of bitstreams each; decoded images were temporary.
     packs = sorted((out / "bitstreams" / "tiny" / "jpeg" / "quality20").glob("*.zip"))

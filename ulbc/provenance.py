@@ -80,10 +80,16 @@ def _module_path(module: str) -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
 def _imported_ulbc_modules(module: str, path: Path) -> frozenset[str]:
     """ulbc modules that ``module`` imports anywhere in its source (function-level imports too),
-    with their parent packages, which Python runs first. Cached: a job takes two digests."""
+    with their parent packages, which Python runs first."""
+    stat = path.stat()
+    return _parsed_imports(module, path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_imports(module: str, path: Path, mtime_ns: int, size: int) -> frozenset[str]:
+    """:func:`_imported_ulbc_modules`, cached per file version (a job takes two digests)."""
     tree = ast.parse(path.read_bytes(), str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()

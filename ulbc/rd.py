@@ -667,6 +667,72 @@ def plot_rd(
     save_figure(fig, out_paths)
 
 
+#: Items per dataset drawn by :func:`plot_item_rd` (the first ones, by item id).
+ITEM_CURVES = 4
+
+
+def plot_item_rd(rows: pd.DataFrame, out_paths: Sequence[str | os.PathLike], *, metric: str = "psnr_rgb",
+                 anchor: str | None = None, rate: str = "bpp", labels: dict[str, str] | None = None,
+                 items: int = ITEM_CURVES) -> bool:
+    """Per-item RD curves: one row of panels per dataset, one panel for each of its first ``items``
+    items (images, or clips), one line per method through that item's ok rows, coloured as in
+    :func:`plot_rd`. Shows what a mean over items hides (a method that wins on one photo and loses
+    on another). Returns False, writing nothing, where the rows have no per-item ``metric``."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if metric not in rows.columns or rate not in rows.columns:
+        return False
+    ok = rows[rows["status"].eq("ok").fillna(False).astype(bool)]
+    if "level" in ok.columns:
+        ok = ok[ok["level"].isin(RD_LEVELS)]
+    ok = ok[~ok["method"].str.contains("@", regex=False)]  # machine decodes have their own tables
+    ok = ok[np.isfinite(ok[metric].astype("float64")) & np.isfinite(ok[rate].astype("float64"))]
+    if ok.empty:
+        return False
+    datasets = sorted(ok["dataset"].unique().tolist())
+    shown = {d: sorted(ok.loc[ok["dataset"] == d, "item"].unique().tolist())[:items] for d in datasets}
+    ncols = max(len(v) for v in shown.values())
+    fig = Figure(figsize=(3.6 * ncols, 3.2 * len(datasets)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(datasets), ncols, squeeze=False)
+    others = sorted(m for m in ok["method"].unique().tolist() if m != anchor)
+    palette = colormaps["tab10" if len(others) <= 10 else "tab20"]
+    colours = {m: palette(i % palette.N) for i, m in enumerate(others)}
+    better = "lower is better" if _lower_is_better(metric) else "higher is better"
+    for r, dataset in enumerate(datasets):
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(shown[dataset]):
+                ax.set_visible(False)
+                continue
+            item = shown[dataset][c]
+            part = ok[(ok["dataset"] == dataset) & (ok["item"] == item)]
+            log_x = wants_log_rate(part[rate].to_numpy(dtype="float64"))
+            methods = sorted(part["method"].unique().tolist(), key=lambda m: (m != anchor, m))
+            for method in methods:
+                pts = part[part["method"] == method].sort_values(rate, kind="mergesort")
+                pts = pts[pts[rate] > 0] if log_x else pts
+                style = ({"color": "black", "linestyle": "--", "zorder": 3} if method == anchor
+                         else {"color": colours[method]})
+                ax.plot(pts[rate], pts[metric], marker="o", markersize=3, linewidth=1.1,
+                        label=(labels or {}).get(method, method) + (" (anchor)" if method == anchor else ""),
+                        **style)
+            if log_x:
+                ax.set_xscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.set_title(f"{dataset}: {item}", fontsize="small")
+            ax.set_xlabel(column_label(rate) + (", log scale" if log_x else ""), fontsize="small")
+            if c == 0:
+                ax.set_ylabel(column_label(metric), fontsize="small")
+            ax.tick_params(labelsize="x-small")
+        axes[r][0].legend(fontsize="x-small", loc="best")
+    fig.suptitle(f"{column_label(metric)} per item ({better})", fontsize="medium")
+    save_figure(fig, out_paths)
+    return True
+
+
 def _html_float(value: float) -> str:
     if value == 0:
         return "0"  # not "-0"
@@ -765,6 +831,7 @@ def write_table(df: pd.DataFrame, out_path: str | os.PathLike, *, notice: str | 
 
 #: Folder of a study's RD plots (one PNG and one SVG per RD column), under its results folder.
 PLOTS_DIR = "rd"
+ITEM_PLOTS_DIR = "rd_items"  # per-item RD curves of the first items of each dataset
 
 
 def rd_columns(summary: pd.DataFrame) -> list[str]:
@@ -947,7 +1014,10 @@ def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str
     write_cost_plots(frame, table, out / COST_DIR, labels=labels)
     plots = out / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)
+    item_plots = out / ITEM_PLOTS_DIR
+    item_plots.mkdir(parents=True, exist_ok=True)
     for column in rd_columns(summary):
         plot_rd(summary, [plots / f"{column}.png", plots / f"{column}.svg"], metric=column, anchor=anchor,
                 labels=labels, spread=item_spread(frame, column))
+        plot_item_rd(frame, [item_plots / f"{column}.png"], metric=column, anchor=anchor, labels=labels)
     return summary, table, notes

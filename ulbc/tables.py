@@ -75,19 +75,21 @@ def bd_sections(table: pd.DataFrame, labels: dict[str, str] | None = None) -> li
             if record["method"] == anchor:
                 anchor_notes += parts
                 continue
-            refs = []
-            for note in dict.fromkeys(parts):  # a note shared by several metrics is cited once
-                if note not in notes:
-                    notes.append(note)
-                refs.append(notes.index(note) + 1)
             cells = {m: (float(record[f"bd_rate_{m}"]), float(record.get(f"bd_{m}", math.nan)),
                          bool(record.get(f"thin_{m}", False))) for m in metrics}
             excluded = int(record.get("n_excluded", 0) or 0)
             items = _int_text(record.get("n_items"))
             rows.append(BdRow(method=str(record["method"]), label=labels.get(record["method"], str(record["method"])),
                               cells=cells, points=f"{int(record['n_points'])}/{int(record['n_points_anchor'])}",
-                              items=items + (f" (-{excluded})" if excluded else ""), notes=refs))
+                              items=items + (f" (-{excluded})" if excluded else ""),
+                              notes=list(dict.fromkeys(parts))))  # the texts until numbered below
         rows.sort(key=lambda row: _order(row, metrics[0] if metrics else None))
+        for row in rows:  # numbered in the order they are read; one shared by several metrics is cited once
+            texts, row.notes = row.notes, []
+            for note in texts:
+                if note not in notes:
+                    notes.append(note)
+                row.notes.append(notes.index(note) + 1)
         sections.append(BdSection(dataset=str(dataset), anchor=anchor, anchor_label=labels.get(anchor, anchor),
                                   interpolation=interpolation, metrics=metrics, rows=rows, notes=notes,
                                   anchor_notes=list(dict.fromkeys(anchor_notes))))

@@ -107,15 +107,17 @@ def crop(image: np.ndarray, box: Sequence[int]) -> np.ndarray:
 
 def webp_bytes(rgb: np.ndarray, *, lossless: bool = True) -> bytes:
     """WebP of an 8-bit RGB array: lossless (decodes to the same pixels) for the crops, lossy
-    (quality 85, a quarter of the size) for the error maps, which are pictures of numbers."""
+    (quality 85, a quarter of the size) for the error maps, which are pictures of numbers. A low
+    effort (method 2; for lossless, quality is effort): a tenth of the time of the default, files
+    about 7 % larger."""
     from PIL import Image
 
     buffer = io.BytesIO()
     image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
     if lossless:
-        image.save(buffer, "WEBP", lossless=True, quality=100, method=4, exact=True)
+        image.save(buffer, "WEBP", lossless=True, quality=50, method=2, exact=True)
     else:
-        image.save(buffer, "WEBP", quality=85, method=4)
+        image.save(buffer, "WEBP", quality=85, method=2)
     return buffer.getvalue()
 
 

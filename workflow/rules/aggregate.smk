@@ -102,7 +102,15 @@ rule analyse:
             patterns=["{column}.png"],
             caption="../report/rd_curve.rst",
             category="RD curves",
-            labels={"metric": "{column}"},
+            labels={"metric": "{column}", "curves": "mean over items"},
+        ),
+        # The same columns item by item, for the first items of each dataset.
+        item_plots=report(
+            directory(f"{RESULTS}/rd_items"),
+            patterns=["{column}.png"],
+            caption="../report/rd_items.rst",
+            category="RD curves",
+            labels={"metric": "{column}", "curves": "per item"},
         ),
         # Time against rate; for codecs that report them, the rate split and MACs per pixel.
         cost=report(

@@ -193,6 +193,7 @@ def final_outputs():
         f"{RESULTS}/datasets.csv",
         f"{RESULTS}/rd",
         f"{RESULTS}/cost",
+        f"{RESULTS}/rd_items",
         f"{RESULTS}/comparison",
         f"{RESULTS}/run_manifest.json",
     ]
