@@ -314,7 +314,7 @@ def test_per_item_curves_one_panel_per_item(study, tmp_path):
     svg = path.read_text()
     # kodak shows its first four items (of six), clic its two; each panel is titled by its item.
     assert [f"kodak: img{i}" in svg for i in range(6)] == [True] * 4 + [False] * 2
-    assert "clic: img0" in svg and "clic: img1" in svg and "per item (higher is better)" in svg
+    assert "clic: img0" in svg and "clic: img1" in svg and ", per item (higher is better)" in svg
     assert not plot_item_rd(rows, [tmp_path / "none.svg"], metric="lpips")  # not measured: nothing written
     assert not (tmp_path / "none.svg").exists()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .rd import save_figure, wants_log_rate
+from .rd import save_figure, set_log_rate_axis, wants_log_rate
 from .schema import RD_LEVELS
 
 COST_DIR = "cost"
@@ -80,7 +80,7 @@ def plot_time_vs_rate(costs: pd.DataFrame, out_paths, *, labels: dict[str, str])
                 ax.plot(pts["bpp"][keep], pts[column][keep], linestyle=style, marker="o" if kind == "encode" else "s",
                         markersize=3.5, color=colours[method], label=f"{label}, {kind}")
         if wants_log_rate(part["bpp"].to_numpy(dtype="float64")):
-            ax.set_xscale("log")
+            set_log_rate_axis(ax)
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(f"{dataset}: encode (solid) and decode (dashed) time", fontsize="medium")

@@ -62,6 +62,25 @@ def column_label(name: str) -> str:
     return column.label if column is not None else name
 
 
+def item_label(name: str) -> str:
+    """:func:`column_label` for one item's value (the per-item plots): without "mean over items"."""
+    return column_label(name).replace(", mean over items", "").replace(" mean over items", "")
+
+
+def set_log_rate_axis(ax) -> None:
+    """A log rate axis whose labels never overlap: decades labelled, and the 2 and 5 in between
+    labelled plainly only where the axis spans less than two decades (no decade tick may show)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    if low > 0 and high / low < 100:
+        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def method_labels(rows: pd.DataFrame) -> dict[str, str]:
     """The label of each method of ``rows`` in plots and tables: its name with what changes the
     meaning of its results (:meth:`ulbc.codecs.base.Codec.label_tags` of its codec and options),
@@ -653,7 +672,7 @@ def plot_rd(
             drawn += 1
         if drawn:
             if panel_log:
-                ax.set_xscale("log")
+                set_log_rate_axis(ax)
             ax.legend(fontsize="small", loc="best")
             ax.grid(True, which="both", alpha=0.3)
         else:
@@ -720,15 +739,15 @@ def plot_item_rd(rows: pd.DataFrame, out_paths: Sequence[str | os.PathLike], *, 
                         label=(labels or {}).get(method, method) + (" (anchor)" if method == anchor else ""),
                         **style)
             if log_x:
-                ax.set_xscale("log")
+                set_log_rate_axis(ax)
             ax.grid(True, which="both", alpha=0.3)
             ax.set_title(f"{dataset}: {item}", fontsize="small")
-            ax.set_xlabel(column_label(rate) + (", log scale" if log_x else ""), fontsize="small")
+            ax.set_xlabel(item_label(rate) + (", log scale" if log_x else ""), fontsize="small")
             if c == 0:
-                ax.set_ylabel(column_label(metric), fontsize="small")
+                ax.set_ylabel(item_label(metric), fontsize="small")
             ax.tick_params(labelsize="x-small")
         axes[r][0].legend(fontsize="x-small", loc="best")
-    fig.suptitle(f"{column_label(metric)} per item ({better})", fontsize="medium")
+    fig.suptitle(f"{item_label(metric)}, per item ({better})", fontsize="medium")
     save_figure(fig, out_paths)
     return True
 
