@@ -746,13 +746,13 @@ class _TopParser(argparse.ArgumentParser):
     def format_help(self) -> str:
         commands = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction))
         width = max(len(c.dest) for c in commands._choices_actions) + 2
-        wrap = textwrap.TextWrapper(width=100, subsequent_indent=" " * (width + 4))
+        wrap = textwrap.TextWrapper(width=LISTING_WIDTH, subsequent_indent=" " * (width + 4))
 
         def listing(stage: bool) -> list[str]:
             return [wrap.fill(f"  {c.dest:<{width}}  {c.help}") for c in commands._choices_actions
                     if (c.dest in WORKFLOW_STAGES) == stage]
 
-        return "\n".join([self.format_usage().rstrip(), "", textwrap.fill(self.description or "", 100), "", "commands:",
+        return "\n".join([self.format_usage().rstrip(), "", textwrap.fill(self.description or "", LISTING_WIDTH), "", "commands:",
                           *listing(False), "", "workflow stages (what the Snakemake rules call):", *listing(True), "",
                           "options:", "  -h, --help  show this help message and exit",
                           "  --version   show the version and exit", "",

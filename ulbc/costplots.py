@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .rd import save_figure, set_log_rate_axis, wants_log_rate
-from .schema import RD_LEVELS
+from .rd import (
+    method_colours,
+    ok_rd_rows,
+    save_figure,
+    set_log_rate_axis,
+    wants_log_rate,
+)
 
 COST_DIR = "cost"
 SPLIT_PARTS = (("bits_latent", "latents"), ("bits_nn", "network"), ("bits_mask", "mask"))
-
-
-def _ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    ok = rows[rows["status"].eq("ok").fillna(False).astype(bool)]
-    if "level" in ok.columns:
-        ok = ok[ok["level"].isin(RD_LEVELS) | ok["level"].isna()]
-    return ok[~ok["method"].astype(str).str.contains("@", regex=False)]
 
 
 def _figure(n_panels: int, width: float = 5.6, height: float = 4.4):
@@ -43,17 +40,10 @@ def _figure(n_panels: int, width: float = 5.6, height: float = 4.4):
     return fig, axes
 
 
-def _colours(methods: Sequence[str]) -> dict[str, tuple]:
-    from matplotlib import colormaps
-
-    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"]
-    return {m: palette(i % palette.N) for i, m in enumerate(sorted(methods))}
-
-
 def per_point_costs(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, method, rate point) over the ok items: mean bpp, mean encode and decode seconds,
     the bits per pixel of each part of the file where the codec reports them, mean MACs per pixel."""
-    ok = _ok_rows(rows)
+    ok = ok_rd_rows(rows, human_only=True)
     frames = ok["frames"].fillna(1).astype("float64") if "frames" in ok.columns else 1.0
     pixels = ok["width"].astype("float64") * ok["height"].astype("float64") * frames
     work = ok.assign(_pixels=pixels)
@@ -69,7 +59,7 @@ def per_point_costs(rows: pd.DataFrame) -> pd.DataFrame:
 def plot_time_vs_rate(costs: pd.DataFrame, out_paths, *, labels: dict[str, str]) -> None:
     datasets = sorted(costs["dataset"].unique())
     fig, axes = _figure(len(datasets))
-    colours = _colours(costs["method"].unique())
+    colours = method_colours(costs["method"].unique())
     for ax, dataset in zip(axes, datasets):
         part = costs[costs["dataset"] == dataset]
         for method, pts in part.groupby("method", sort=True):

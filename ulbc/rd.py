@@ -575,6 +575,27 @@ def wants_log_rate(rates: np.ndarray) -> bool:
     return bool(rates.min() < LOG_RATE_BELOW or rates.max() / rates.min() > LOG_RATE_SPAN)
 
 
+def ok_rd_rows(rows: pd.DataFrame, *, human_only: bool = False) -> pd.DataFrame:
+    """The ok image and clip rows that RD figures are drawn from; ``human_only`` leaves out the
+    decodes made for machines (methods named ``<method>@<target>``, which have their own tables)."""
+    ok = rows[rows["status"].eq("ok").fillna(False).astype(bool)]
+    if "level" in ok.columns:
+        ok = ok[ok["level"].isin(RD_LEVELS) | ok["level"].isna()]
+    if human_only:
+        ok = ok[~ok["method"].astype(str).str.contains("@", regex=False)]
+    return ok
+
+
+def method_colours(methods, anchor: str | None = None) -> dict[str, tuple]:
+    """One colour per method but the anchor (drawn black), by sorted name, so that a method has the
+    same colour in every panel and every figure of a study."""
+    from matplotlib import colormaps
+
+    others = sorted(m for m in set(methods) if m != anchor)
+    palette = colormaps["tab10" if len(others) <= 10 else "tab20"]
+    return {m: palette(i % palette.N) for i, m in enumerate(others)}
+
+
 SPREAD_QUANTILES = (0.1, 0.9)
 
 
@@ -585,9 +606,7 @@ def item_spread(rows: pd.DataFrame, metric: str, rate: str = "bpp") -> pd.DataFr
     columns = ["dataset", "method", "rate_label", "rate", "low", "high"]
     if metric not in rows.columns or rate not in rows.columns:
         return pd.DataFrame(columns=columns)
-    ok = rows[rows["status"].eq("ok").fillna(False).astype(bool)]
-    if "level" in ok.columns:
-        ok = ok[ok["level"].isin(RD_LEVELS) | ok["level"].isna()]
+    ok = ok_rd_rows(rows)
     values = ok[metric].astype("float64")
     ok = ok.assign(_q=values.where(np.isfinite(values)))
     grouped = ok.groupby(["dataset", "method", "rate_label"], sort=False)
@@ -618,7 +637,6 @@ def plot_rd(
     worker threads. Rate points with failed items are plotted from their ok items and the method's
     legend entry says so.
     """
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -633,10 +651,7 @@ def plot_rd(
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     y_label = column_label(metric)
     x_label = column_label(rate)
-    # One colour per method across all panels, so a method is recognisable from panel to panel.
-    others = sorted(m for m in summary["method"].dropna().unique().tolist() if m != anchor)
-    palette = colormaps["tab10" if len(others) <= 10 else "tab20"]
-    colours = {m: palette(i % palette.N) for i, m in enumerate(others)}
+    colours = method_colours(summary["method"].dropna().unique().tolist(), anchor)
 
     for ax, dataset in zip(axes, datasets):
         part = summary[summary["dataset"] == dataset] if dataset is not None else summary.iloc[0:0]
@@ -697,16 +712,12 @@ def plot_item_rd(rows: pd.DataFrame, out_paths: Sequence[str | os.PathLike], *, 
     items (images, or clips), one line per method through that item's ok rows, coloured as in
     :func:`plot_rd`. Shows what a mean over items hides (a method that wins on one photo and loses
     on another). Returns False, writing nothing, where the rows have no per-item ``metric``."""
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if metric not in rows.columns or rate not in rows.columns:
         return False
-    ok = rows[rows["status"].eq("ok").fillna(False).astype(bool)]
-    if "level" in ok.columns:
-        ok = ok[ok["level"].isin(RD_LEVELS)]
-    ok = ok[~ok["method"].str.contains("@", regex=False)]  # machine decodes have their own tables
+    ok = ok_rd_rows(rows, human_only=True)
     ok = ok[np.isfinite(ok[metric].astype("float64")) & np.isfinite(ok[rate].astype("float64"))]
     if ok.empty:
         return False
@@ -716,9 +727,7 @@ def plot_item_rd(rows: pd.DataFrame, out_paths: Sequence[str | os.PathLike], *, 
     fig = Figure(figsize=(3.6 * ncols, 3.2 * len(datasets)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(datasets), ncols, squeeze=False)
-    others = sorted(m for m in ok["method"].unique().tolist() if m != anchor)
-    palette = colormaps["tab10" if len(others) <= 10 else "tab20"]
-    colours = {m: palette(i % palette.N) for i, m in enumerate(others)}
+    colours = method_colours(ok["method"].unique().tolist(), anchor)
     better = "lower is better" if _lower_is_better(metric) else "higher is better"
     for r, dataset in enumerate(datasets):
         for c in range(ncols):

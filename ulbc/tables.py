@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .metrics import all_columns
-from .rd import THIN_FOOTNOTE, THIN_MARK, THIN_REASON
+from .rd import THIN_FOOTNOTE, THIN_MARK, THIN_REASON, column_label
 
 BD_RATE_MEANING = ("BD-rate: bits against the anchor at equal quality, in %; negative = fewer bits (better).")
 BD_DELTA_MEANING = ("Δ: the method's metric minus the anchor's at equal bpp, in the metric's units "
@@ -114,11 +114,6 @@ def delta_text(value: float) -> str:
     return f"{value:+.2f}" if abs(value) >= 1 else f"{value:+.4f}"
 
 
-def _metric_heading(metric: str) -> str:
-    column = all_columns().get(metric)
-    return column.label if column is not None else metric
-
-
 # Columns of the text table: BD-rate (with a thin mark) and Δ per metric.
 _RATE_W, _DELTA_W, _GAP = 10, 9, 2
 
@@ -209,7 +204,7 @@ def bd_rate_html(table: pd.DataFrame, labels: dict[str, str] | None = None, *, n
             body.append("<p>No method besides the anchor.</p>")
             continue
         head1 = '<th rowspan="2">method</th>' + "".join(
-            f'<th colspan="2">{html.escape(_metric_heading(m))}</th>' for m in section.metrics)
+            f'<th colspan="2">{html.escape(column_label(m))}</th>' for m in section.metrics)
         head1 += '<th rowspan="2">points</th><th rowspan="2">items</th><th rowspan="2">notes</th>'
         head2 = "".join("<th>BD-rate</th><th>Δ</th>" for _ in section.metrics)
         lines = []
