@@ -115,3 +115,17 @@ def test_aggregation_refuses_or_records_the_mix(tmp_path):
     assert "2 code versions" in version_mix(out)
     aggregate_shards([good], out, engine="pyarrow")
     assert version_mix(out) is None
+
+
+# -- reproducible maths ------------------------------------------------------------------------------------
+def test_importing_ulbc_puts_mkl_in_its_reproducible_mode_unless_the_user_chose():
+    import os
+    import subprocess
+    import sys
+
+    show = "import os, ulbc; print(os.environ['MKL_CBWR'])"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    default = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    chosen = subprocess.run([sys.executable, "-c", show], env={**env, "MKL_CBWR": "COMPATIBLE"},
+                            capture_output=True, text=True, check=True)
+    assert (default.stdout.strip(), chosen.stdout.strip()) == ("AUTO", "COMPATIBLE")
