@@ -319,6 +319,20 @@ def test_per_item_curves_one_panel_per_item(study, tmp_path):
     assert not (tmp_path / "none.svg").exists()
 
 
+def test_per_item_figures_also_show_ms_ssim_in_db(study, tmp_path):
+    from ulbc.rd import item_spread, plot_item_rd, with_item_derived
+
+    rows = with_item_derived(study)
+    # row() sets MS-SSIM = 1 - 10^(-PSNR/20): in dB, half the item's PSNR.
+    assert np.allclose(rows["ms_ssim_db"], rows["psnr_rgb"] / 2)
+    assert "psnr_of_mean_mse" not in rows.columns  # for one item it is that item's PSNR: not repeated
+    assert "ms_ssim_db" not in study.columns  # the metrics rows themselves are left as they were
+    spread = item_spread(rows, "ms_ssim_db")
+    assert ((spread["high"] - spread["low"]).round(6) == 0.8).all() and len(spread) == 7 * 4
+    assert plot_item_rd(rows, [tmp_path / "items.svg"], metric="ms_ssim_db", anchor="jpeg")
+    assert "MS-SSIM" in (tmp_path / "items.svg").read_text()
+
+
 def test_plot_single_point_and_all_nan_metric(tmp_path):
     summary = summarize(frame([row(ms_ssim_rgb=math.nan)]))
     paths = [tmp_path / "one.png", tmp_path / "one.svg"]

@@ -599,6 +599,23 @@ def method_colours(methods, anchor: str | None = None) -> dict[str, tuple]:
 SPREAD_QUANTILES = (0.1, 0.9)
 
 
+def with_item_derived(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with each measured item metric's ``per_item`` derived columns (MS-SSIM in dB) worked
+    out per row from that row's own values, for the per-item figures; ``rows`` when there are none."""
+    added = {}
+    for name in measured_metrics(rows):
+        cls = METRICS[name]
+        wanted = [c.name for c in cls.derived if c.per_item]
+        if not wanted or cls.level != "item":
+            continue
+        metric = cls()
+        own = rows[[c.name for c in cls.columns]].astype("float64").to_dict("records")
+        values = [metric.derive(record) for record in own]
+        for column in wanted:
+            added[column] = [v[column] for v in values]
+    return rows.assign(**added) if added else rows
+
+
 def item_spread(rows: pd.DataFrame, metric: str, rate: str = "bpp") -> pd.DataFrame:
     """Per (dataset, method, rate point): the mean ``rate`` and the 10th and 90th percentiles of
     ``metric`` over the ok image and clip rows, for the bars of :func:`plot_rd`. Empty where the
@@ -1044,8 +1061,9 @@ def analyse_study(frame: pd.DataFrame, outdir: str | os.PathLike, *, anchor: str
     plots.mkdir(parents=True, exist_ok=True)
     item_plots = out / ITEM_PLOTS_DIR
     item_plots.mkdir(parents=True, exist_ok=True)
+    item_rows = with_item_derived(frame)
     for column in rd_columns(summary):
         plot_rd(summary, [plots / f"{column}.png", plots / f"{column}.svg"], metric=column, anchor=anchor,
-                labels=labels, spread=item_spread(frame, column))
-        plot_item_rd(frame, [item_plots / f"{column}.png"], metric=column, anchor=anchor, labels=labels)
+                labels=labels, spread=item_spread(item_rows, column))
+        plot_item_rd(item_rows, [item_plots / f"{column}.png"], metric=column, anchor=anchor, labels=labels)
     return summary, table, notes

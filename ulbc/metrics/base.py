@@ -45,7 +45,9 @@ class Column:
     curves and BD-rated; others (an MSE, a patch count) are stored and summarised only. ``cap``
     replaces +inf (PSNR of a lossless item) when the column is averaged, so a lossless item keeps
     its rate point on the curve instead of turning the mean infinite; the summary counts such
-    items in ``n_lossless``.
+    items in ``n_lossless``. A ``per_item`` derived column is also meaningful for one item's
+    values (MS-SSIM in dB), so per-item figures show it; the PSNR of the mean MSE is not (for one
+    item it is that item's PSNR).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Column:
     rd: bool = True
     dtype: str = "float64"
     cap: float | None = None
+    per_item: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:

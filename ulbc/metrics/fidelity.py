@@ -100,7 +100,7 @@ class MSSSIM(Metric):
     name = "ms-ssim"
     description = "MS-SSIM (pytorch-msssim, 5 scales, data range 255) averaged over R, G and B"
     columns = (Column("ms_ssim_rgb", "MS-SSIM, RGB (mean over items)", rd=False),)
-    derived = (Column("ms_ssim_db", "MS-SSIM (dB) = -10·log10(1 - MS-SSIM)"),)
+    derived = (Column("ms_ssim_db", "MS-SSIM (dB) = -10·log10(1 - MS-SSIM)", per_item=True),)
 
     def compute(self, reference, reconstruction):
         return {"ms_ssim_rgb": _ms_ssim(reference, reconstruction)}
@@ -152,7 +152,7 @@ class MSSSIMY(_YCbCrMetric):
     name = "ms-ssim-y"
     description = "MS-SSIM of luma Y' (matrix and range as configured), data range 255"
     columns = (Column("ms_ssim_y", "MS-SSIM, Y' (mean over items)", rd=False),)
-    derived = (Column("ms_ssim_y_db", "MS-SSIM Y' (dB) = -10·log10(1 - MS-SSIM)"),)
+    derived = (Column("ms_ssim_y_db", "MS-SSIM Y' (dB) = -10·log10(1 - MS-SSIM)", per_item=True),)
 
     def compute(self, reference, reconstruction):
         ref, rec = self._ycbcr(reference, reconstruction)
